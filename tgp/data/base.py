@@ -1,0 +1,222 @@
+"""Base LightningDataModule for image classification.
+
+A subclass only says how to load the raw train and test sets (items ``(raw_image, int_label)``)
+and which transforms to apply; this class does the seeded train/val split, the optional
+``limit_train``/``limit_test`` subsets and builds the dataloaders.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tgp.errors import ConfigError
+
+
+class TransformedSubset(Dataset):
+    """``dataset[indices[i]]`` with ``transform`` applied to the image; labels become ``int``."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Callable | None = None):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        x, y = self.dataset[int(self.indices[i])]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(y)
+
+
+class ImageClassificationDataModule(L.LightningDataModule):
+    """Common behaviour of all image-classification DataModules of ``tgp``.
+
+    Subclasses set the class attributes ``name``, ``num_classes``, ``in_channels``, ``image_size``
+    and implement :meth:`_load_raw`, :meth:`train_transform` and :meth:`eval_transform`.
+    """
+
+    name: str = "base"
+    num_classes: int = 0
+    in_channels: int = 0
+    image_size: int = 0
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        val_size: float | int = 0.1,
+        split_seed: int = 0,
+        augment: bool = True,
+        download: bool = False,
+        limit_train: int | None = None,
+        limit_test: int | None = None,
+        score_seed: int = 0,
+    ):
+        super().__init__()
+        _check_int("data.batch_size", batch_size, minimum=1)
+        if eval_batch_size is not None:
+            _check_int("data.eval_batch_size", eval_batch_size, minimum=1)
+        _check_int("data.num_workers", num_workers, minimum=0)
+        for setting, value in (("data.limit_train", limit_train), ("data.limit_test", limit_test)):
+            if value is not None:
+                _check_int(setting, value, minimum=1)
+        _check_val_size_type(val_size)
+        self.root = str(root)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.val_size = val_size
+        self.split_seed = int(split_seed)
+        self.augment = bool(augment)
+        self.download = bool(download)
+        self.limit_train = limit_train
+        self.limit_test = limit_test
+        self.score_seed = int(score_seed)
+
+        self.data_train: Dataset | None = None
+        self.data_val: Dataset | None = None
+        self.data_test: Dataset | None = None
+        self.data_score: Dataset | None = None
+        # Indices into the full raw train set / raw test set (sorted).
+        self.train_indices: np.ndarray | None = None
+        self.val_indices: np.ndarray | None = None
+        self.test_indices: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- subclass hooks
+    def _load_raw(self) -> tuple[Dataset, Dataset]:
+        """Return ``(full_train, test)`` with items ``(raw_image, int_label)``.
+
+        Raise :class:`tgp.errors.DataNotFoundError` when the files are missing or unreadable.
+        """
+        raise NotImplementedError
+
+    def train_transform(self) -> Callable | None:
+        raise NotImplementedError
+
+    def eval_transform(self) -> Callable | None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_train is not None:
+            return
+        full_train, test = self._load_raw()
+
+        n_train_full = len(full_train)
+        available = np.arange(n_train_full)
+        if self.limit_train is not None and self.limit_train < n_train_full:
+            rng = np.random.default_rng([self.split_seed, 1])
+            available = np.sort(rng.choice(n_train_full, size=self.limit_train, replace=False))
+
+        n_val = self._num_val(len(available))
+        perm = np.random.default_rng([self.split_seed, 2]).permutation(len(available))
+        self.val_indices = np.sort(available[perm[:n_val]])
+        self.train_indices = np.sort(available[perm[n_val:]])
+
+        n_test = len(test)
+        test_idx = np.arange(n_test)
+        if self.limit_test is not None and self.limit_test < n_test:
+            rng = np.random.default_rng([self.split_seed, 3])
+            test_idx = np.sort(rng.choice(n_test, size=self.limit_test, replace=False))
+        self.test_indices = test_idx
+
+        eval_tf = self.eval_transform()
+        train_tf = self.train_transform() if self.augment else eval_tf
+        self.data_val = TransformedSubset(full_train, self.val_indices, eval_tf)
+        self.data_score = TransformedSubset(full_train, self.train_indices, eval_tf)
+        self.data_test = TransformedSubset(test, self.test_indices, eval_tf)
+        self.data_train = TransformedSubset(full_train, self.train_indices, train_tf)
+
+    def _num_val(self, n_available: int) -> int:
+        v = self.val_size
+        if isinstance(v, float):
+            n_val = int(round(v * n_available))
+        else:
+            n_val = int(v)
+        if n_val >= n_available:
+            raise ConfigError(
+                "data.val_size",
+                v,
+                f"leaves no training samples: the {self.name} train split has {n_available} samples"
+                + (f" (after data.limit_train={self.limit_train})" if self.limit_train is not None else "")
+                + f" and {n_val} would go to validation.",
+                f"set data.val_size to a fraction below 1 or a count below {n_available}.",
+            )
+        return n_val
+
+    # ----------------------------------------------------------------- loaders
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
+                generator: torch.Generator | None = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            generator=generator,
+        )
+
+    def _require_setup(self) -> None:
+        if self.data_train is None:
+            self.setup()
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        drop_last = len(self.data_train) > self.batch_size
+        return self._loader(self.data_train, self.batch_size, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.data_val, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.data_test, self.eval_batch_size, shuffle=False)
+
+    def score_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        """Train subset with the eval transform, in a fixed (``score_seed``) shuffled order."""
+        self._require_setup()
+        generator = torch.Generator()
+        generator.manual_seed(self.score_seed)
+        return self._loader(self.data_score, batch_size or self.eval_batch_size, shuffle=True, generator=generator)
+
+    def train_eval_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        return self.score_dataloader(batch_size)
+
+    @property
+    def num_train(self) -> int:
+        self._require_setup()
+        return len(self.data_train)
+
+
+def _check_int(setting: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(setting, value, f"must be an integer >= {minimum}.", f"set {setting} to an integer >= {minimum}.")
+
+
+def _check_val_size_type(v: Any) -> None:
+    ok = not isinstance(v, bool) and (
+        (isinstance(v, float) and 0.0 <= v < 1.0) or (isinstance(v, (int, np.integer)) and v >= 0)
+    )
+    if not ok:
+        raise ConfigError(
+            "data.val_size",
+            v,
+            "must be a fraction in [0, 1) or a sample count >= 0.",
+            "set data.val_size to e.g. 0.1 or 5000.",
+        )
