@@ -1,0 +1,126 @@
+"""The one-shot pruning callback: score → global threshold → mask, identical on every rank."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from tgp.io import atomic_save_json
+from tgp.pruning.mask import Mask, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.scores import SCORES, gradient_scores
+from tgp.pruning.threshold import global_threshold
+
+
+def _all_reduce_sum(tensors: list[Tensor]) -> None:
+    """Sum tensors across ranks in place with one collective (flattened), a no-op without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
+
+
+def mask_digest(mask: Mask) -> str:
+    """SHA-256 of the packed mask bits in name order: equal digests = identical masks."""
+    h = hashlib.sha256()
+    for name in sorted(mask):
+        h.update(name.encode())
+        h.update(mask[name].detach().cpu().reshape(-1).numpy().tobytes())
+    return h.hexdigest()
+
+
+class OneShotPruning(L.Callback):
+    """Prune the module's network once, globally, to ``sparsity``.
+
+    Scores (see :mod:`tgp.pruning.scores`): ``gradient`` — ``|θ ⊙ ∇θ L|`` with ``L`` the
+    module's own objective (``α·CA-KLD + (1−α)·CE`` under a teacher: the teacher-guided score;
+    CE alone otherwise), over ``score_batches`` batches of the datamodule's
+    ``score_dataloader()``; ``magnitude`` — ``|θ|``; ``random``.
+
+    Fires once: at ``on_validation_start`` of ``trainer.validate`` (pruning a trained
+    checkpoint on its own, which then measures the pruned network), or at ``on_train_end`` when
+    attached to a ``fit``. Under DDP each rank scores a disjoint share of the batches, the
+    partial sums are all-reduced before the threshold, and the mask digests of all ranks are
+    compared; rank 0 writes ``mask.pt`` and ``sparsity_report.json`` to ``out_dir``.
+    """
+
+    def __init__(
+        self,
+        sparsity: float,
+        out_dir: str | Path | None = None,
+        score: str = "gradient",
+        score_batches: int = 10,
+        accumulate: str = "grad_then_abs",
+        exclude: list[str] | tuple[str, ...] = (),
+        min_layer_density: float = 0.0,
+        seed: int = 0,
+        loss=None,
+    ):
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; known: {sorted(SCORES)}")
+        self.sparsity, self.out_dir, self.score = sparsity, out_dir, score
+        self.score_batches, self.accumulate = score_batches, accumulate
+        self.exclude, self.min_layer_density, self.seed = list(exclude), min_layer_density, seed
+        self.loss = loss  # None: the module's own criterion
+        self.mask: Mask | None = None
+        self.report: dict | None = None
+
+    def _score_batches(self, trainer):
+        rank, world = trainer.global_rank, trainer.world_size
+        loader = trainer.datamodule.score_dataloader()
+        # Batch i goes to rank i % world: together the ranks see exactly the first
+        # `score_batches` batches a single process would.
+        return (b for i, b in enumerate(itertools.islice(loader, self.score_batches)) if i % world == rank)
+
+    def compute_mask(self, trainer, pl_module) -> Mask:
+        net = pl_module.net
+        params = prunable_parameters(net, self.exclude)
+        if self.score == "gradient":
+            criterion = self.loss if self.loss is not None else pl_module.criterion
+            teacher = pl_module.teacher
+
+            def loss_fn(model, x, y):
+                t = teacher(x) if teacher is not None else None
+                return criterion(model(x), y, t)[0]
+
+            scores = gradient_scores(
+                net, params, self._score_batches(trainer), loss_fn, accumulate=self.accumulate, all_reduce=_all_reduce_sum
+            )
+        else:
+            scores = SCORES[self.score](params, seed=self.seed)
+        return global_threshold(scores, self.sparsity, min_layer_density=self.min_layer_density)
+
+    def _prune(self, trainer, pl_module) -> None:
+        if self.mask is not None:
+            return
+        with torch.inference_mode(False):
+            mask = self.compute_mask(trainer, pl_module)
+            pl_module.set_mask(mask)
+        digest = mask_digest(mask)
+        digests = [digest]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            digests = [None] * dist.get_world_size()
+            dist.all_gather_object(digests, digest)
+            if len(set(digests)) != 1:
+                raise RuntimeError(f"pruning produced different masks on different ranks: {digests}")
+        report = sparsity_report(mask, pl_module.net, target=self.sparsity)
+        report.update(score=self.score, score_batches=self.score_batches, accumulate=self.accumulate,
+                      exclude=self.exclude, world_size=len(digests), mask_digests=digests)
+        self.mask, self.report = mask, report
+        if self.out_dir is not None and trainer.is_global_zero:
+            save_mask(mask, Path(self.out_dir) / "mask.pt")
+            atomic_save_json(report, Path(self.out_dir) / "sparsity_report.json")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._prune(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._prune(trainer, pl_module)

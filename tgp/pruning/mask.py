@@ -1,0 +1,108 @@
+"""Masks: which parameters are prunable, how masks are applied, saved, loaded and reported.
+
+A mask is a plain ``{param_name: BoolTensor}`` (True = kept), keyed like ``named_parameters()``,
+so it survives ``state_dict`` round-trips, deepcopy, DDP and ``torch.compile`` untouched.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tgp.errors import CheckpointMismatchError, ConfigError
+from tgp.io import atomic_torch_save
+
+Mask = dict[str, Tensor]
+
+
+def prunable_parameters(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> dict[str, nn.Parameter]:
+    """Weights of every Conv2d and Linear (ours), minus modules whose name matches an ``exclude`` pattern.
+
+    Biases and normalization layers are never pruned. Patterns are shell-style
+    (``fnmatch``) and are matched against module names, e.g. ``conv1`` or ``layer4.*``.
+    A pattern that matches no prunable module is a configuration error, not a silent no-op.
+    """
+    candidates = {name: mod for name, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))}
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in candidates):
+            raise ConfigError(
+                "pruning.exclude",
+                pattern,
+                "this pattern matches no Conv2d/Linear module of the model.",
+                f"use module names such as {', '.join(list(candidates)[:3])} or a glob like 'layer4.*'.",
+            )
+    return {
+        f"{name}.weight" if name else "weight": mod.weight
+        for name, mod in candidates.items()
+        if not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+    }
+
+
+def check_mask_fits(mask: Mask, model: nn.Module, source: str = "mask") -> None:
+    params = dict(model.named_parameters())
+    for name, m in mask.items():
+        if name not in params:
+            raise CheckpointMismatchError(
+                f"{source} does not fit the model: it has an entry for '{name}', which the model "
+                f"({type(model).__name__}) does not have. Fix: prune again with the same model config, or point "
+                "to the mask made for this architecture."
+            )
+        if tuple(m.shape) != tuple(params[name].shape):
+            raise CheckpointMismatchError(
+                f"{source} does not fit the model: '{name}' has shape {tuple(m.shape)} in the mask but "
+                f"{tuple(params[name].shape)} in the model. Fix: prune again with the same model config (width, classes)."
+            )
+
+
+def masked_parameters(model: nn.Module, mask: Mask) -> tuple[list[Tensor], list[Tensor]]:
+    """The parameters a mask covers and the masks, as two aligned lists (for foreach ops)."""
+    params = dict(model.named_parameters())
+    names = list(mask)
+    return [params[n] for n in names], [mask[n] for n in names]
+
+
+@torch.no_grad()
+def apply_mask(model: nn.Module, mask: Mask) -> None:
+    """Zero pruned weights in place: one foreach multiply over all masked tensors."""
+    params, masks = masked_parameters(model, mask)
+    if params:
+        torch._foreach_mul_(params, [m.to(device=p.device, dtype=p.dtype) for p, m in zip(params, masks)])
+
+
+def sparsity_report(mask: Mask, model: nn.Module | None = None, target: float | None = None) -> dict:
+    """Per-tensor and global counts: total, kept, sparsity; plus the sparsity over all parameters."""
+    layers = {}
+    total = kept = 0
+    for name, m in mask.items():
+        n, k = m.numel(), int(m.sum())
+        layers[name] = {"total": n, "kept": k, "sparsity": 1 - k / n}
+        total, kept = total + n, kept + k
+    report = {
+        "target_sparsity": target,
+        "prunable": {"total": total, "kept": kept, "sparsity": 1 - kept / max(total, 1)},
+        "layers": layers,
+    }
+    if model is not None:
+        n_all = sum(p.numel() for p in model.parameters())
+        removed = total - kept
+        report["all_parameters"] = {"total": n_all, "kept": n_all - removed, "sparsity": removed / n_all}
+    return report
+
+
+def save_mask(mask: Mask, path: Path) -> None:
+    atomic_torch_save({n: m.detach().to("cpu", torch.bool) for n, m in mask.items()}, path)
+
+
+def load_mask(path: Path, model: nn.Module | None = None) -> Mask:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointMismatchError(f"mask file {path} does not exist. Fix: run the prune stage first, or check the path.")
+    mask = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(mask, dict) or not all(isinstance(m, Tensor) and m.dtype == torch.bool for m in mask.values()):
+        raise CheckpointMismatchError(f"{path} is not a mask file ({{param_name: bool tensor}}). Fix: point to a prune/mask.pt.")
+    if model is not None:
+        check_mask_fits(mask, model, source=str(path))
+    return mask
