@@ -1,0 +1,174 @@
+"""The LightningModule every stage trains: a student network, an optional frozen teacher, an
+objective, and an optional fixed mask.
+
+Teacher training (CE), KD pretraining (α·CA-KLD + (1−α)·CE under the teacher) and sparse
+retraining (mask + KD or CE) are the same concept with different parts, so they are one class.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from tgp.distill.losses import DistillationLoss
+from tgp.pruning.enforcer import MaskBuffers
+from tgp.pruning.mask import Mask, apply_mask, check_mask_fits
+
+
+def build_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
+                    nesterov: bool = True, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
+    # Weight decay on BatchNorm parameters and biases hurts small CIFAR nets; decay only weights
+    # of rank > 1 (conv and linear kernels).
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach=True: one fused update over all tensors instead of a loop per parameter.
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, foreach=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), foreach=True)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), foreach=True)
+    from tgp.errors import ConfigError
+
+    raise ConfigError("optimizer.name", name, "unknown optimizer.", "use sgd, adamw or adam.")
+
+
+def lr_lambda(step: int, *, total: int, warmup: int, kind: str, milestones=(0.5, 0.75), gamma: float = 0.1) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (per-step, so short stages still anneal)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if kind == "multistep":
+        return gamma ** sum(t >= m for m in milestones)
+    return 1.0
+
+
+class ClassifierModule(L.LightningModule):
+    """Train ``net`` on ``criterion(net(x), y, teacher(x))``; evaluate top-1 with torchmetrics.
+
+    * ``teacher``: frozen (no gradients, eval mode even while the student trains, outside the
+      optimizer and weight decay). ``None`` for CE training.
+    * ``mask``: ``{param_name: bool}`` held as buffers (so it is in every checkpoint); the
+      :class:`~tgp.pruning.MaskEnforcer` callback keeps pruned weights at zero.
+    * Metrics are logged under ``<stage>/{train,val,test}/...``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        criterion: DistillationLoss,
+        *,
+        teacher: nn.Module | None = None,
+        mask: Mask | None = None,
+        stage: str = "train",
+        optimizer: dict | None = None,
+        lr: float = 0.1,
+        epochs: int = 1,
+        schedule: dict | None = None,
+        channels_last: bool = False,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.criterion = criterion
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+        self.stage = stage
+        self.optimizer_cfg = dict(optimizer or {"name": "sgd"})
+        self.lr, self.epochs = lr, epochs
+        self.schedule = dict(schedule or {"kind": "cosine", "warmup_epochs": 0})
+        self.channels_last = channels_last
+        n = num_classes or net.fc.out_features
+        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.val_acc = MulticlassAccuracy(n, average="micro")
+        self.test_acc = MulticlassAccuracy(n, average="micro")
+        self.mask_buffers: MaskBuffers | None = None
+        if mask is not None:
+            self.set_mask(mask)
+
+    # -- mask -------------------------------------------------------------------------------
+    @property
+    def mask(self) -> Mask | None:
+        return None if self.mask_buffers is None else self.mask_buffers.as_dict()
+
+    def set_mask(self, mask: Mask) -> None:
+        """Attach a mask (as buffers) and zero the pruned weights now."""
+        check_mask_fits(mask, self.net)
+        device = next(self.net.parameters()).device
+        self.mask_buffers = MaskBuffers(mask).to(device)
+        apply_mask(self.net, self.mask)
+
+    # -- modes ------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # BatchNorm statistics of the teacher never change
+        return self
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            if self.teacher is not None:
+                self.teacher.to(memory_format=torch.channels_last)
+        if getattr(self.criterion, "needs_dataset_confidence", False) and torch.isnan(self.criterion.dataset_confidence):
+            raise RuntimeError("distill.confidence=dataset but the dataset confidence was never estimated")
+
+    # -- steps ------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x = self._inputs(x)
+        logits = self.net(x)
+        teacher_logits = None
+        if self.teacher is not None and self.criterion.kd_weight > 0:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+        loss, parts = self.criterion(logits, y, teacher_logits)
+        self.train_acc(logits.detach(), y)
+        self.log(f"{self.stage}/train/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True)
+        for k, v in parts.items():
+            self.log(f"{self.stage}/train/{k}", v, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{self.stage}/train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch, metric, split: str):
+        x, y = batch
+        logits = self.net(self._inputs(x))
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        metric(logits, y)
+        self.log(f"{self.stage}/{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{self.stage}/{split}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_acc, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, self.test_acc, "test")
+
+    # -- optimization ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = dict(self.optimizer_cfg)
+        opt = build_optimizer(self.net.parameters(), cfg.pop("name", "sgd"), self.lr, **cfg)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        steps_per_epoch = total / max(self.epochs, 1)
+        sched = dict(self.schedule)
+        warmup = int(sched.pop("warmup_epochs", 0) * steps_per_epoch)
+        fn = partial(lr_lambda, total=total, warmup=warmup, **sched)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

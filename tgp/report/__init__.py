@@ -1,0 +1,1 @@
+"""Accounting (sparsity, parameters, FLOPs), run summaries, and sweep reports."""
