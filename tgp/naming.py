@@ -14,7 +14,7 @@ import json
 from omegaconf import DictConfig, OmegaConf
 
 # Top-level nodes that never change what a run computes.
-EXCLUDED_NODES = ("hydra", "paths", "logger", "progress_bar", "channels_last")
+EXCLUDED_NODES = ("hydra", "paths", "logger", "progress_bar", "channels_last", "stop_after")
 # Keys inside nodes that change where or how fast a run goes, never what it computes.
 INFRA_KEYS = {
     "data": ("root", "num_workers", "pin_memory", "persistent_workers", "download", "eval_batch_size"),

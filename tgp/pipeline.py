@@ -18,24 +18,50 @@ import logging
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tgp.errors import ConfigError, TGPError
 from tgp.io import atomic_save_json, atomic_torch_save
 from tgp.methods import get_method
 from tgp.methods.common import load_stage_net
 from tgp.pruning.mask import load_mask
 from tgp.pruning.threshold import check_sparsity
 from tgp.report.summary import metrics_row, summary_table
-from tgp.stages import StageRunner
+from tgp.pruning.mask import prunable_parameters
+from tgp.stages import StageRunner, StopPipeline
 
 log = logging.getLogger("tgp")
+ONE_SHOT_METHODS = ("tgp", "ce_grad", "magnitude", "random")
+
+
+def instantiate_checked(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate`` that lets our one-paragraph errors through unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, TGPError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def build_datamodule(cfg: DictConfig):
-    dm = instantiate(cfg.data)
+    dm = instantiate_checked(cfg.data)
     dm.setup("fit")
     return dm
+
+
+def validate_before_running(cfg: DictConfig, dm) -> None:
+    """Settings that would only fail deep inside a stage (or a DDP worker) are checked here, first."""
+    student = instantiate_checked(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    prunable_parameters(student, list(cfg.pruning.exclude))  # raises on a pattern that matches nothing
+    if cfg.pruning.get("mask") and str(cfg.method.name) not in ONE_SHOT_METHODS:
+        raise ConfigError("pruning.mask", cfg.pruning.mask, f"method {cfg.method.name} computes its own masks.",
+                          f"use pruning.mask with one of {', '.join(ONE_SHOT_METHODS)}, or drop it.")
 
 
 def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -46,8 +72,13 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     method = get_method(str(cfg.method.name))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     dm = build_datamodule(cfg)
+    validate_before_running(cfg, dm)
     runner = StageRunner(cfg, run_dir, dm)
-    final_stage = method(runner)
+    try:
+        final_stage = method(runner)
+    except StopPipeline as stop:
+        log.info("stopped after stage %s (stop_after); re-run without it to continue", stop)
+        return {"status": f"stopped_after_{stop}", "run_dir": str(run_dir)}
 
     net = load_stage_net(runner, cfg.model, final_stage)
     mask_path = run_dir / "prune" / "mask.pt"

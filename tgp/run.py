@@ -26,7 +26,10 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def run_job(cfg: DictConfig) -> dict:
+    from tgp.logs import quiet_lightning
     from tgp.pipeline import run_pipeline  # heavy imports after Hydra has parsed the command line
+
+    quiet_lightning()
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return run_pipeline(cfg, run_dir)
@@ -36,24 +39,95 @@ def run_job(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if multirun:
+        try:
+            check_multirun_strategy(cfg)
+        except TGPError as e:  # the whole sweep is wrong, not one job: stop before anything runs
+            message = f"tgp: error: {e}"
+            _record_failure(run_dir, message)
+            print(message, file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+        done = _finished_row(run_dir)
+        if done is not None:  # re-running a sweep skips its finished jobs
+            log.info("job done already (%s): skipped; delete its metrics.json to recompute", run_dir / "metrics.json")
+            return done.get("top1_best_val")
+    from tgp.logging_wandb import wandb_job
+
+    with wandb_job(cfg, run_dir) as outcome:  # one W&B run per job, finished in a `finally`
+        try:
+            row = run_job(cfg)
+            outcome["row"] = row
+            (run_dir / "error.txt").unlink(missing_ok=True)
+            return row.get("top1_best_val")
+        except TGPError as e:
+            message = f"tgp: error: {e}"
+            outcome["error"] = message
+            _record_failure(run_dir, message)
+            if multirun:
+                log.error("job failed, sweep continues: %s", e)
+                return None
+            print(message, file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+        except Exception:
+            outcome["error"] = traceback.format_exc()
+            _record_failure(run_dir, outcome["error"])
+            if multirun:
+                log.exception("job failed, sweep continues (error in %s)", run_dir / "error.txt")
+                return None
+            raise
+
+
+# Strategies whose Lightning launcher re-runs the command line (sys.argv) in every other rank.
+_RELAUNCHING = ("ddp", "fsdp", "deepspeed")
+
+
+def check_multirun_strategy(cfg: DictConfig) -> None:
+    """Under ``-m``, Lightning's ``ddp`` launcher re-runs the whole sweep in rank 1: refuse it."""
+    import os
+
+    from tgp.errors import ConfigError
+
+    if os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_NTASKS", "1") not in ("", "1"):
+        return  # ranks launched from outside (torchrun, srun): Lightning starts no processes itself
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
+    name = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "auto")
+    name = name.lower()
+    spawning = any(k in name for k in ("spawn", "fork", "notebook"))
+    relaunching = not spawning and any(name.startswith(p) or f".{p}" in name for p in _RELAUNCHING)
+    if name == "auto":  # Lightning picks `ddp` (subprocess launcher) for more than one device
+        devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+        accel = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+        if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+            many = len(devices) > 1
+        elif str(devices) in ("-1", "auto"):
+            import torch
+
+            many = accel != "cpu" and torch.cuda.device_count() > 1
+        else:
+            many = int(devices) > 1
+        relaunching = many
+    if relaunching:
+        raise ConfigError(
+            "trainer.strategy", strategy,
+            "Lightning's `ddp` launcher re-runs the whole command line in every other rank, which under Hydra "
+            "multirun (-m) re-runs the whole sweep there (wrong results, stray run folders).",
+            "use trainer.strategy=ddp_spawn (trainer=ddp or trainer=ddp_sim do) in a sweep, "
+            "or start one job at a time with torchrun (see experiments/README.md).",
+        )
+
+
+def _finished_row(run_dir: Path) -> dict | None:
+    """The job's metrics.json row when it finished (and did not fail since), else None."""
+    import json
+
+    metrics, error = run_dir / "metrics.json", run_dir / "error.txt"
+    if not metrics.exists() or (error.exists() and error.stat().st_mtime > metrics.stat().st_mtime):
+        return None
     try:
-        row = run_job(cfg)
-        (run_dir / "error.txt").unlink(missing_ok=True)
-        return row.get("top1_best_val")
-    except TGPError as e:
-        message = f"tgp: error: {e}"
-        _record_failure(run_dir, message)
-        if multirun:
-            log.error("job failed, sweep continues: %s", e)
-            return None
-        print(message, file=sys.stderr, flush=True)
-        sys.exit(e.exit_code)
-    except Exception:
-        _record_failure(run_dir, traceback.format_exc())
-        if multirun:
-            log.exception("job failed, sweep continues (error in %s)", run_dir / "error.txt")
-            return None
-        raise
+        row = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return None
+    return row if row.get("status", "ok") == "ok" else None
 
 
 def _record_failure(run_dir: Path, text: str) -> None:

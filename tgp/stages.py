@@ -66,6 +66,10 @@ def file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class StopPipeline(Exception):
+    """Raised after the stage named by ``stop_after`` finished: the run ends early, resumable."""
+
+
 class StageRunner:
     """Runs the stages of one job in ``run_dir``; remembers their results and keys."""
 
@@ -109,6 +113,8 @@ class StageRunner:
                 result["key"] = key
                 atomic_save_json(result, done)
         self.results[name] = read_json(done)
+        if OmegaConf.select(self.cfg, "stop_after") == name:
+            raise StopPipeline(name)
         return self.results[name]
 
     # -- training ---------------------------------------------------------------------------
@@ -180,6 +186,10 @@ def make_loggers(cfg: DictConfig, stage: str, folder: Path) -> list:
             continue
         if lcfg._target_.endswith("CSVLogger"):
             out.append(instantiate(lcfg, save_dir=str(folder), name="", version=""))
+        elif lcfg._target_.endswith("WandbLogger"):  # one W&B run per job, shared by its stages
+            from tgp.logging_wandb import job_logger
+
+            out.append(job_logger(cfg, lcfg))
         else:
             out.append(instantiate(lcfg))
     return out

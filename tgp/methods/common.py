@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from tgp.distill.losses import DistillationLoss, estimate_dataset_confidence
 from tgp.module import ClassifierModule
 from tgp.pruning.callbacks import OneShotPruning
-from tgp.pruning.mask import apply_mask, load_mask
+from tgp.io import atomic_save_json
+from tgp.pruning.mask import apply_mask, load_mask, save_mask, sparsity_report
 from tgp.stages import StageRunner, load_net_weights
 
 log = logging.getLogger("tgp")
@@ -113,6 +114,13 @@ def prune_stage(runner: StageRunner, *, source: str, score: str, criterion=None,
 
     def run(folder: Path) -> dict:
         net = load_stage_net(runner, cfg.model, source)
+        if p.get("mask"):  # a given mask replaces the score: checked against the model, then used as is
+            mask = load_mask(p.mask, net)
+            save_mask(mask, folder / "mask.pt")
+            atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask)},
+                             folder / "sparsity_report.json")
+            apply_mask(net, mask)
+            return {"epochs": 0, "mask_from": str(p.mask), "top1_pruned": runner.evaluate(net)}
         module = make_module(runner, net, criterion or ce_loss(), "prune", cfg.retrain, teacher=teacher)
         callback = OneShotPruning(
             sparsity=float(p.sparsity), out_dir=folder, score=score, score_batches=int(p.score_batches),

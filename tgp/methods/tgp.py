@@ -23,3 +23,18 @@ def run_one_shot(runner, score: str = "gradient", teacher_guided: bool = True) -
 
 def run_tgp(runner) -> str:
     return run_one_shot(runner, score="gradient", teacher_guided=True)
+
+
+def run_ce_grad(runner) -> str:
+    """``|θ ⊙ ∇θ L_CE|`` after the same KD pretraining: the TGP score with α = 0 (what the teacher adds)."""
+    return run_one_shot(runner, score="gradient", teacher_guided=False)
+
+
+def run_magnitude(runner) -> str:
+    """Global ``|θ|`` after the same KD pretraining."""
+    return run_one_shot(runner, score="magnitude", teacher_guided=False)
+
+
+def run_random(runner) -> str:
+    """Uniformly random global pruning after the same KD pretraining."""
+    return run_one_shot(runner, score="random", teacher_guided=False)

@@ -31,7 +31,8 @@ def metrics_row(cfg: DictConfig, runner, final_stage: str, net: torch.nn.Module)
         "model": str(OmegaConf.select(cfg, "model.name", default="?")),
         "teacher": str(OmegaConf.select(cfg, "teacher.net.name", default="")) if "teacher" in res else None,
         "seed": int(cfg.seed),
-        "retrain_kd": bool(OmegaConf.select(cfg, "retrain.kd", default=False)),
+        # KD in retraining needs a teacher; methods without one retrain with their own loss.
+        "retrain_kd": bool(OmegaConf.select(cfg, "retrain.kd", default=False)) and "teacher" in res,
         "target_sparsity": float(cfg.pruning.sparsity),
         "measured_sparsity": zeros / max(total_prunable, 1),
         "measured_sparsity_all": (params_total - params_nonzero) / params_total,
@@ -63,8 +64,8 @@ def summary_table(row: dict, run_dir: Path) -> str:
         ("dense teacher", row.get("top1_teacher"), None),
         ("dense student", row.get("top1_dense_student"), None),
         ("pruned, before retraining", row.get("top1_pruned"), row.get("measured_sparsity")),
-        (f"retrained ({'KD' if row.get('retrain_kd') else 'CE'}), last epoch", row.get("top1_last"), row.get("measured_sparsity")),
-        (f"retrained ({'KD' if row.get('retrain_kd') else 'CE'}), best val epoch", row.get("top1_best_val"), row.get("measured_sparsity")),
+        (f"retrained{' (KD)' if row.get('retrain_kd') else ''}, last epoch", row.get("top1_last"), row.get("measured_sparsity")),
+        (f"retrained{' (KD)' if row.get('retrain_kd') else ''}, best val epoch", row.get("top1_best_val"), row.get("measured_sparsity")),
     ]
     out = [f"tgp {row['method']} on {row['dataset']} / {row['model']}  (seed {row['seed']}, run {run_dir})",
            f"{'model':<38}{'test top-1 %':>14}{'sparsity %':>12}"]
