@@ -33,7 +33,7 @@ from tgp.pruning.mask import prunable_parameters
 from tgp.stages import StageRunner, StopPipeline
 
 log = logging.getLogger("tgp")
-ONE_SHOT_METHODS = ("tgp", "ce_grad", "magnitude", "random")
+MASK_INPUT_METHODS = ("tgp", "ce_grad", "magnitude", "random", "snip", "epsd")
 
 
 def instantiate_checked(node: DictConfig, **kwargs):
@@ -59,9 +59,9 @@ def validate_before_running(cfg: DictConfig, dm) -> None:
     """Settings that would only fail deep inside a stage (or a DDP worker) are checked here, first."""
     student = instantiate_checked(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
     prunable_parameters(student, list(cfg.pruning.exclude))  # raises on a pattern that matches nothing
-    if cfg.pruning.get("mask") and str(cfg.method.name) not in ONE_SHOT_METHODS:
+    if cfg.pruning.get("mask") and str(cfg.method.name) not in MASK_INPUT_METHODS:
         raise ConfigError("pruning.mask", cfg.pruning.mask, f"method {cfg.method.name} computes its own masks.",
-                          f"use pruning.mask with one of {', '.join(ONE_SHOT_METHODS)}, or drop it.")
+                          f"use pruning.mask with one of {', '.join(MASK_INPUT_METHODS)}, or drop it.")
 
 
 def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:

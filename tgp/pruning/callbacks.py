@@ -17,7 +17,7 @@ from tgp.pruning.scores import SCORES, gradient_scores
 from tgp.pruning.threshold import global_threshold
 
 
-def _all_reduce_sum(tensors: list[Tensor]) -> None:
+def all_reduce_sum(tensors: list[Tensor]) -> None:
     """Sum tensors across ranks in place with one collective (flattened), a no-op without DDP."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
@@ -91,7 +91,7 @@ class OneShotPruning(L.Callback):
                 return criterion(model(x), y, t)[0]
 
             scores = gradient_scores(
-                net, params, self._score_batches(trainer), loss_fn, accumulate=self.accumulate, all_reduce=_all_reduce_sum
+                net, params, self._score_batches(trainer), loss_fn, accumulate=self.accumulate, all_reduce=all_reduce_sum
             )
         else:
             scores = SCORES[self.score](params, seed=self.seed)
