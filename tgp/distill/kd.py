@@ -30,9 +30,11 @@ def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
 
 def _log_probs(logits: Tensor, temperature: float, standardize: bool) -> Tensor:
     z = standardize_logits(logits) if standardize else logits
-    # log_softmax in float32: bf16 logits would make the divergence of near-equal
-    # distributions mostly rounding noise.
-    return F.log_softmax(z.float() / temperature, dim=-1)
+    # At least float32: with bf16 logits the divergence of near-equal distributions is
+    # mostly rounding noise.
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()
+    return F.log_softmax(z / temperature, dim=-1)
 
 
 def _kl_per_sample(log_p: Tensor, log_q: Tensor) -> Tensor:
