@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from tgp.pruning.mask import Mask, apply_mask, masked_parameters
+from tgp.pruning.mask import Mask, masked_parameters
 
 
 def _buffer_name(param_name: str) -> str:
@@ -45,28 +45,34 @@ class MaskEnforcer(L.Callback):
         self._params: list[Tensor] = []
         self._masks: list[Tensor] = []
 
-    def _bind(self, pl_module) -> bool:
-        mask = pl_module.mask
+    # -- plain-torch API (also what the Lightning hooks below call) ------------------------------
+    def bind(self, net: nn.Module, mask: Mask | None) -> bool:
+        """Remember which tensors to mask (call again after the mask changes); zero pruned weights now."""
         if not mask:
             self._params, self._masks = [], []
             return False
-        params, masks = masked_parameters(pl_module.net, mask)
+        params, masks = masked_parameters(net, mask)
         self._params = params
         self._masks = [m.to(device=p.device, dtype=p.dtype) for p, m in zip(params, masks)]
+        self.mask_weights_()
         return True
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        if not self._bind(pl_module):
-            return
-        apply_mask(pl_module.net, pl_module.mask)
-        for opt in trainer.optimizers:
+    def attach(self, optimizers) -> None:
+        """Re-mask the weights after every ``step()`` of these optimizers."""
+        for opt in optimizers:
             self._handles.append(opt.register_step_post_hook(lambda *_: self.mask_weights_()))
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @torch.no_grad()
+    def mask_grads_(self) -> None:
         grads = [p.grad for p in self._params]
         if grads and all(g is not None for g in grads):
             torch._foreach_mul_(grads, self._masks)
-        elif grads:
+        else:
             for g, m in zip(grads, self._masks):
                 if g is not None:
                     g.mul_(m)
@@ -76,7 +82,17 @@ class MaskEnforcer(L.Callback):
         if self._params:
             torch._foreach_mul_(self._params, self._masks)
 
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def refresh(self, pl_module) -> None:
+        """Re-read ``pl_module.mask`` (for methods whose mask changes during training)."""
+        self.bind(pl_module.net, pl_module.mask)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.bind(pl_module.net, pl_module.mask):
+            self.attach(trainer.optimizers)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.mask_grads_()
+
     def on_train_end(self, trainer, pl_module) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self.detach()
