@@ -33,4 +33,4 @@ def get_method(name: str) -> Callable:
         return getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError):
         raise ConfigError("method.name", name, "this method is not implemented yet in this version.",
-                          f"use one of the implemented methods, e.g. tgp.") from None
+                          "use one of the implemented methods, e.g. tgp.") from None

@@ -50,11 +50,11 @@ from tgp.distill.self_distill import (
     soft_cross_entropy,
 )
 from tgp.errors import ConfigError
-from tgp.io import atomic_save_json, atomic_torch_save
-from tgp.methods.common import build_net, ce_loss, channels_last, load_stage_net, make_module
+from tgp.io import atomic_torch_save
+from tgp.methods.common import build_net, ce_loss, channels_last, load_stage_net, make_module, use_given_mask
 from tgp.module import ClassifierModule
 from tgp.pruning.callbacks import OneShotPruning, all_reduce_sum
-from tgp.pruning.mask import apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.mask import apply_mask, load_mask, prunable_parameters
 from tgp.pruning.scores import gradient_scores
 from tgp.pruning.threshold import global_threshold
 from tgp.stages import StageRunner
@@ -198,13 +198,8 @@ def prune_at_init_stage(runner: StageRunner, *, source: str, loss_fn, nodes) -> 
 
     def run(folder: Path) -> dict:
         net = load_stage_net(runner, cfg.model, source)
-        if p.get("mask"):  # pruning.mask: a given mask replaces the score, as in common.prune_stage
-            mask = load_mask(p.mask, net)
-            save_mask(mask, folder / "mask.pt")
-            atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask)},
-                             folder / "sparsity_report.json")
-            apply_mask(net, mask)
-            return {"epochs": 0, "mask_from": str(p.mask), "top1_pruned": runner.evaluate(net)}
+        if p.get("mask"):
+            return use_given_mask(runner, net, folder)
         module = make_module(runner, net, ce_loss(), "prune", cfg.retrain)
         callback = LossFnPruning(
             sparsity=float(p.sparsity), out_dir=folder, score_batches=int(p.score_batches), accumulate=str(p.accumulate),

@@ -102,6 +102,17 @@ def kd_pretrain_stage(runner: StageRunner, teacher) -> None:
     runner.run("kd_pretrain", ("teacher", "model", "distill", "kd_pretrain"), run, parent="teacher")
 
 
+def use_given_mask(runner: StageRunner, net, folder: Path) -> dict:
+    """``pruning.mask``: a given mask replaces the score; checked against the model, saved as the stage's mask."""
+    p = runner.cfg.pruning
+    mask = load_mask(p.mask, net)
+    save_mask(mask, folder / "mask.pt")
+    atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask)},
+                     folder / "sparsity_report.json")
+    apply_mask(net, mask)
+    return {"epochs": 0, "mask_from": str(p.mask), "top1_pruned": runner.evaluate(net)}
+
+
 def prune_stage(runner: StageRunner, *, source: str, score: str, criterion=None, teacher=None,
                 nodes=("pruning", "method"), seed: int | None = None) -> dict:
     """One-shot global pruning of the network trained by stage ``source`` (``OneShotPruning`` callback).
@@ -114,13 +125,8 @@ def prune_stage(runner: StageRunner, *, source: str, score: str, criterion=None,
 
     def run(folder: Path) -> dict:
         net = load_stage_net(runner, cfg.model, source)
-        if p.get("mask"):  # a given mask replaces the score: checked against the model, then used as is
-            mask = load_mask(p.mask, net)
-            save_mask(mask, folder / "mask.pt")
-            atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask)},
-                             folder / "sparsity_report.json")
-            apply_mask(net, mask)
-            return {"epochs": 0, "mask_from": str(p.mask), "top1_pruned": runner.evaluate(net)}
+        if p.get("mask"):
+            return use_given_mask(runner, net, folder)
         module = make_module(runner, net, criterion or ce_loss(), "prune", cfg.retrain, teacher=teacher)
         callback = OneShotPruning(
             sparsity=float(p.sparsity), out_dir=folder, score=score, score_batches=int(p.score_batches),
