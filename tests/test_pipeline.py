@@ -31,6 +31,10 @@ def test_smoke_run_writes_exact_sparsity_and_matching_artifacts(cli, tmp_path):
         assert torch.all(state[name][m] != 0), name   # and only there
     assert "dense teacher" in proc.stdout and "retrained (KD)" in proc.stdout
     assert (run / "config.yaml").exists() and (run / "retrain" / "last.ckpt").exists()
+    # The frozen teacher's accuracy is logged once per KD fit.
+    header, *rows = (run / "kd_pretrain" / "metrics.csv").read_text().splitlines()
+    col = header.split(",").index("kd_pretrain/val/teacher_acc")
+    assert sum(1 for r in rows if r.split(",")[col]) == 1
 
 
 def test_stop_after_prune_then_rerun_skips_finished_stages(cli, tmp_path):

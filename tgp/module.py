@@ -93,6 +93,8 @@ class ClassifierModule(L.LightningModule):
         self.train_acc = MulticlassAccuracy(n, average="micro")
         self.val_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc = MulticlassAccuracy(n, average="micro")
+        self.teacher_acc = MulticlassAccuracy(n, average="micro")
+        self._teacher_logged = False
         self.mask_buffers: MaskBuffers | None = None
         if mask is not None:
             self.set_mask(mask)
@@ -157,6 +159,15 @@ class ClassifierModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, self.val_acc, "val")
+        if self.teacher is not None and not self._teacher_logged and not self.trainer.sanity_checking:
+            x, y = batch
+            self.teacher_acc(self.teacher(self._inputs(x)), y)  # once per fit: the teacher never changes
+
+    def on_validation_epoch_end(self) -> None:
+        if self.teacher is not None and not self._teacher_logged and not self.trainer.sanity_checking:
+            self.log(f"{self.stage}/val/teacher_acc", self.teacher_acc.compute(), sync_dist=True)
+            self.teacher_acc.reset()
+            self._teacher_logged = True
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, self.test_acc, "test")
