@@ -28,19 +28,24 @@ test: install
 test-all: install
 	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
 
+# The main job on the bundled offline data: TGP at 90% sparsity, retrained with and without KD
+# (two jobs sharing the teacher, KD and prune stages), then the comparison table.
 demo: install
-	$(PY) -m tgp.run $(ARGS)
+	$(PY) -m tgp.run -m experiment=demo retrain.kd=true,false $(ARGS)
+	$(PY) -m tgp.report outputs/sweeps/demo
 
 bench: install
 	$(PY) -m tgp.bench $(ARGS)
 
+# A small sweep on the offline data: the paper's first sparsity ladder, TGP against magnitude.
 sweep: install
-	$(PY) -m tgp.run -m experiment=smoke method=tgp,magnitude pruning.sparsity=0.5,0.9 $(ARGS)
+	$(PY) -m tgp.run -m experiment=demo sweep=ladder_a method=tgp,magnitude name=demo_sweep $(ARGS)
+	$(PY) -m tgp.report outputs/sweeps/demo_sweep
 
 reproduce-table2: install
 	$(PY) experiments/reproduce_table2.py --smoke $(SMOKE) $(ARGS)
 
-report: install
+report: install  # make report ARGS=outputs/sweeps/<name>
 	$(PY) -m tgp.report $(ARGS)
 
 clean:

@@ -39,14 +39,14 @@ def run_job(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        check_launch(cfg)
+    except TGPError as e:  # the whole job (or sweep) is wrong: stop before anything runs
+        message = f"tgp: error: {e}"
+        _record_failure(run_dir, message)
+        print(message, file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
     if multirun:
-        try:
-            check_multirun_strategy(cfg)
-        except TGPError as e:  # the whole sweep is wrong, not one job: stop before anything runs
-            message = f"tgp: error: {e}"
-            _record_failure(run_dir, message)
-            print(message, file=sys.stderr, flush=True)
-            sys.exit(e.exit_code)
         done = _finished_row(run_dir)
         if done is not None:  # re-running a sweep skips its finished jobs
             log.info("job done already (%s): skipped; delete its metrics.json to recompute", run_dir / "metrics.json")
@@ -81,14 +81,28 @@ def main(cfg: DictConfig) -> float | None:
 _RELAUNCHING = ("ddp", "fsdp", "deepspeed")
 
 
-def check_multirun_strategy(cfg: DictConfig) -> None:
-    """Under ``-m``, Lightning's ``ddp`` launcher re-runs the whole sweep in rank 1: refuse it."""
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse the DDP launch modes that cannot run a multi-stage job correctly.
+
+    A job runs several stages, each a fresh ``Trainer.fit``; ``ddp_spawn`` starts the rank
+    processes per fit, so every rank runs exactly the stage at hand. Lightning's ``ddp``
+    launcher instead re-runs the whole command line in every other rank: that rank would run
+    the whole pipeline from its first stage (and under ``-m`` the whole sweep), waiting on
+    locks the first rank holds. Ranks started from outside (torchrun, srun with several tasks)
+    do the same. All three are refused here, before anything runs.
+    """
     import os
 
     from tgp.errors import ConfigError
 
-    if os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_NTASKS", "1") not in ("", "1"):
-        return  # ranks launched from outside (torchrun, srun): Lightning starts no processes itself
+    world = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or "1"
+    if world.isdigit() and int(world) > 1:
+        raise ConfigError(
+            "launcher", f"{world} processes started from outside (torchrun/srun)",
+            "tgp starts its DDP processes itself, once per stage (ddp_spawn); ranks started from outside would each "
+            "run the whole multi-stage job.",
+            "start one process per job (SLURM: ntasks_per_node=1) with trainer=ddp, which uses every GPU of the node.",
+        )
     strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
     name = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "auto")
     name = name.lower()
@@ -109,10 +123,9 @@ def check_multirun_strategy(cfg: DictConfig) -> None:
     if relaunching:
         raise ConfigError(
             "trainer.strategy", strategy,
-            "Lightning's `ddp` launcher re-runs the whole command line in every other rank, which under Hydra "
-            "multirun (-m) re-runs the whole sweep there (wrong results, stray run folders).",
-            "use trainer.strategy=ddp_spawn (trainer=ddp or trainer=ddp_sim do) in a sweep, "
-            "or start one job at a time with torchrun (see experiments/README.md).",
+            "Lightning's `ddp` launcher re-runs the whole command line in every other rank: there it would re-run "
+            "every stage of the job (and under Hydra multirun, -m, the whole sweep), with wrong results or a hang.",
+            "use trainer.strategy=ddp_spawn (trainer=ddp on GPUs, trainer=ddp_sim on the CPU do).",
         )
 
 

@@ -60,12 +60,13 @@ def metrics_row(cfg: DictConfig, runner, final_stage: str, net: torch.nn.Module)
 
 def summary_table(row: dict, run_dir: Path) -> str:
     """A plain-text table; printed with rich when it is installed."""
+    variant = " (KD)" if row.get("retrain_kd") else (" (CE)" if row.get("top1_teacher") is not None else "")
     lines = [
         ("dense teacher", row.get("top1_teacher"), None),
         ("dense student", row.get("top1_dense_student"), None),
         ("pruned, before retraining", row.get("top1_pruned"), row.get("measured_sparsity")),
-        (f"retrained{' (KD)' if row.get('retrain_kd') else ''}, last epoch", row.get("top1_last"), row.get("measured_sparsity")),
-        (f"retrained{' (KD)' if row.get('retrain_kd') else ''}, best val epoch", row.get("top1_best_val"), row.get("measured_sparsity")),
+        (f"retrained{variant}, last epoch", row.get("top1_last"), row.get("measured_sparsity")),
+        (f"retrained{variant}, best val epoch", row.get("top1_best_val"), row.get("measured_sparsity")),
     ]
     out = [f"tgp {row['method']} on {row['dataset']} / {row['model']}  (seed {row['seed']}, run {run_dir})",
            f"{'model':<38}{'test top-1 %':>14}{'sparsity %':>12}"]

@@ -1,0 +1,93 @@
+"""``tgp-report SWEEP_DIR`` (or ``python -m tgp.report SWEEP_DIR``): tables and plots of a sweep.
+
+Reads every job's ``metrics.json`` under SWEEP_DIR (recursively; jobs with only an ``error.txt``
+are listed as failed with their error) and writes, into ``--out`` (default: SWEEP_DIR):
+
+- ``report.md``   mean ± std over seeds per method × dataset × model × target sparsity × retrain KD,
+                  plus the failed, incomplete and missing jobs (also printed to stdout)
+- ``report.csv``  one row per job (done and failed)
+- ``*.png``       top-1 vs sparsity, radar across sparsities, training cost per method
+
+``--wandb`` also logs a comparison run (a table and accuracy-vs-sparsity charts) to W&B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tgp.report.aggregate import aggregate, find_jobs, load_references, markdown_report, markdown_table, write_csv
+
+DEFAULT_REFERENCES = Path(__file__).resolve().parents[2] / "experiments" / "reference"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tgp-report", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", nargs="+", help="sweep folder(s) (e.g. outputs/sweeps/<name>); searched recursively")
+    p.add_argument("--out", default=None, help="where report.md/.csv and the plots go (default: the first SWEEP_DIR)")
+    p.add_argument("--references", default=str(DEFAULT_REFERENCES),
+                   help="folder of reference YAML files (published numbers); 'none' to draw none")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--wandb", action="store_true", help="also log a comparison run to W&B (offline without an API key)")
+    p.add_argument("--wandb-project", default="tgp")
+    return p
+
+
+def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, wandb=False,
+               wandb_project="tgp") -> dict:
+    sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
+    for d in sweep_dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such folder. Fix: pass a sweep folder, e.g. outputs/sweeps/<name>.")
+    out = Path(out) if out else sweep_dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = find_jobs(sweep_dirs[0])
+    for d in sweep_dirs[1:]:
+        more = find_jobs(d)
+        jobs.ok += more.ok
+        jobs.failed += more.failed
+        jobs.incomplete += more.incomplete
+        jobs.missing += more.missing
+    groups = aggregate(jobs.ok)
+    refs = load_references(None if str(references).lower() == "none" else references)
+    png = []
+    if plots and groups:
+        from tgp.report.plots import make_plots
+
+        png = make_plots(groups, refs, out)
+    title = ", ".join(str(d) for d in sweep_dirs)
+    (out / "report.md").write_text(markdown_report(Path(title), jobs, groups, refs, png))
+    write_csv(jobs.ok + jobs.failed, out / "report.csv")
+    result = {"out": out, "jobs": jobs, "groups": groups, "references": refs, "plots": png}
+    if wandb:
+        from tgp.report.wandb_report import log_comparison
+
+        result["wandb_dir"] = log_comparison(groups, refs, png, name=sweep_dirs[0].name, project=wandb_project)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        res = run_report(args.sweep_dir, args.out, args.references, plots=not args.no_plots, wandb=args.wandb,
+                         wandb_project=args.wandb_project)
+    except FileNotFoundError as e:
+        print(f"tgp-report: error: {e}", file=sys.stderr)
+        return 2
+    jobs = res["jobs"]
+    print(markdown_table(res["groups"]) if res["groups"] else "(no finished job)")
+    print(f"\n{len(jobs.ok)} done, {len(jobs.failed)} failed, {len(jobs.incomplete)} incomplete, "
+          f"{len(jobs.missing)} missing")
+    for r in jobs.failed:
+        print(f"  failed: {r.get('method')} s={r.get('target_sparsity')} seed={r.get('seed')}: {r.get('error')}")
+    for r in jobs.incomplete:
+        print(f"  incomplete: {r.get('run_dir')}")
+    for r in jobs.missing:
+        print(f"  missing: {r.get('method')} {r.get('dataset')} s={r.get('target_sparsity')} seed={r.get('seed')}")
+    print(f"wrote {res['out'] / 'report.md'}, {res['out'] / 'report.csv'} and {len(res['plots'])} plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
