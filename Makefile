@@ -9,7 +9,7 @@ export WANDB_SILENT := true
 # Never block on a login prompt: without an API key, W&B runs offline.
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-all demo bench reproduce-table2 sweep report lint clean
+.PHONY: install test test-fast demo bench reproduce-table2 sweep report lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,11 +22,12 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The whole suite, `slow` tests included (~5 min on 2 CPU cores); `make test-fast` skips those.
 test: install
-	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
-
-test-all: install
 	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
+
+test-fast: install
+	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
 
 # The main job on the bundled offline data: TGP at 90% sparsity, retrained with and without KD
 # (two jobs sharing the teacher, KD and prune stages), then the comparison table.
