@@ -6,6 +6,9 @@
    Goal: ≤ 1.05×.
 2. The prune stage's work (teacher-guided scores over ``score_batches`` batches + the global
    threshold) over ``score_batches`` dense training steps.
+3. Training-data throughput (augmented CIFAR-shaped batches delivered on the device, img/s):
+   the ``torch`` path (DataLoader workers, PIL crop/flip/normalize per image, host→device copy)
+   against the ``device`` path (:class:`tgp.data.device_loader.DeviceLoader`).
 
 ``python -m tgp.bench [--model resnet18 --width 64 --batch 128 --image 32 --steps 20]``;
 defaults depend on the device (small on CPU). ``--out FILE`` also writes the numbers as JSON.
@@ -44,6 +47,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--score-batches", type=int, default=10 if cuda else 3)
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--device", default="cuda" if cuda else "cpu")
+    ap.add_argument("--workers", type=int, default=8 if cuda else 2, help="DataLoader workers of the torch path")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -101,6 +105,8 @@ def main(argv=None) -> dict:
     prune_s = time.perf_counter() - t0
     train_s = sum(step(False) for _ in range(args.score_batches))
 
+    loader_result = loader_throughput(device, args.batch if cuda else 128, args.workers)
+
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "model": args.model, "width": args.width, "batch": args.batch, "image": args.image,
@@ -112,6 +118,7 @@ def main(argv=None) -> dict:
         "prune_stage_s": prune_s,
         "dense_steps_s": train_s,
         "prune_over_dense_steps": prune_s / train_s,
+        **loader_result,
     }
     print(f"device {result['device']}, {args.model} width {args.width} ({result['params']:,} params), "
           f"batch {args.batch} at {args.image}px")
@@ -119,10 +126,53 @@ def main(argv=None) -> dict:
     print(f"  masked step {result['masked_step_ms']:9.1f} ms   ratio masked/dense {result['masked_over_dense']:.3f}  (goal <= 1.05)")
     print(f"  prune stage {prune_s:9.2f} s over {args.score_batches} batches (teacher-guided score + global threshold)")
     print(f"  {args.score_batches} dense steps {train_s:7.2f} s   ratio prune/dense {result['prune_over_dense_steps']:.2f}")
+    print(f"  data: torch path ({args.workers} workers) {loader_result['torch_loader_img_s']:,.0f} img/s, "
+          f"device path {loader_result['device_loader_img_s']:,.0f} img/s "
+          f"({loader_result['device_over_torch_loader']:.1f}x)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def loader_throughput(device: torch.device, batch: int, workers: int, n: int = 8192) -> dict:
+    """Augmented 32×32 batches per second on ``device``: the torch DataLoader path vs the device path."""
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    from tgp.data.device_loader import DeviceLoader
+    from tgp.data.transforms import pil_train_transform
+
+    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,))
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+    class PILImages(Dataset):  # what torchvision's CIFAR10 does per item
+        transform = pil_train_transform(32, mean, std)
+
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return self.transform(Image.fromarray(images[i].numpy())), int(labels[i])
+
+    def rate(batches) -> float:
+        _sync(device)
+        t0, count = time.perf_counter(), 0
+        for x, y in batches:
+            x = x.to(device, non_blocking=True)
+            count += x.shape[0]
+        _sync(device)
+        return count / (time.perf_counter() - t0)
+
+    torch_path = DataLoader(PILImages(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+                            pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    device_path = DeviceLoader(images, labels, batch_size=batch, mean=mean, std=std, device=device, shuffle=True,
+                               drop_last=True, augment=True, channels_last=device.type == "cuda")
+    rate(device_path), rate(torch_path)  # warm-up (worker start-up, allocator)
+    torch_rate, device_rate = rate(torch_path), rate(device_path)
+    return {"torch_loader_img_s": torch_rate, "device_loader_img_s": device_rate,
+            "device_over_torch_loader": device_rate / torch_rate}
 
 
 if __name__ == "__main__":

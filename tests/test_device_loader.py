@@ -1,0 +1,84 @@
+"""The device-resident data path gives the same data as the torch path, sharded like DistributedSampler."""
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers.fake_data import write_fake_cifar
+from tgp.data import CIFAR10DataModule
+from tgp.data.device_loader import DeviceLoader
+from tgp.distill import DistillationLoss
+from tgp.errors import ConfigError
+from tgp.models import build_model
+from tgp.module import ClassifierModule
+
+
+@pytest.fixture
+def cifar(tmp_path):
+    write_fake_cifar(tmp_path, n_train=120, n_test=40)
+    return lambda **kw: CIFAR10DataModule(root=str(tmp_path), verify_checksums=False, val_size=20, batch_size=16, **kw)
+
+
+def test_eval_batches_equal_the_torch_path(cifar):
+    torch_dm, device_dm = cifar(), cifar(loader="device")
+    for a, b in zip(torch_dm.test_dataloader(), device_dm.test_dataloader()):
+        assert torch.equal(a[1], b[1]) and torch.allclose(a[0], b[0], atol=1e-5)
+    xa = torch.cat([x for x, _ in torch_dm.val_dataloader()])
+    xb = torch.cat([x for x, _ in device_dm.val_dataloader()])
+    assert torch.allclose(xa, xb, atol=1e-5)
+
+
+def test_augmented_images_are_padded_crops_possibly_flipped(cifar):
+    dm = cifar(loader="device")
+    dm.setup()
+    raw = torch.from_numpy(dm.data_train.dataset.data)[torch.as_tensor(dm.train_indices)]  # [N, 32, 32, 3]
+    loader = dm.train_dataloader()
+    x, y = next(iter(loader))
+    assert x.shape == (16, 3, 32, 32) and len(loader) == 100 // 16
+    mean, std = torch.tensor(dm.mean).view(3, 1, 1), torch.tensor(dm.std).view(3, 1, 1)
+    pixels = torch.round((x * std + mean) * 255).to(torch.uint8)  # back to raw pixel values
+    padded = F.pad(raw.permute(0, 3, 1, 2), (4, 4, 4, 4))
+    labels = torch.as_tensor(dm.data_train.dataset.targets)[torch.as_tensor(dm.train_indices)]
+    for img, label in zip(pixels[:6], y[:6]):
+        candidates = [
+            (padded[i, :, dy:dy + 32, dx:dx + 32], f)
+            for i in torch.nonzero(labels == label).flatten().tolist() for dy in range(9) for dx in range(9)
+            for f in (False, True)
+        ]
+        assert any(torch.equal(img, c.flip(-1) if f else c) for c, f in candidates)
+
+
+def test_epochs_differ_and_are_reproducible():
+    imgs = torch.randint(0, 255, (50, 8, 8, 3), dtype=torch.uint8)
+    make = lambda: DeviceLoader(imgs, torch.arange(50), batch_size=10, mean=(0, 0, 0), std=(1, 1, 1),  # noqa: E731
+                                shuffle=True, augment=True, seed=3)
+    a, b = make(), make()
+    ea1, ea2 = [y for _, y in a], [y for _, y in a]
+    assert torch.equal(torch.cat(ea1).sort().values, torch.arange(50))  # every sample once per epoch
+    assert not torch.equal(torch.cat(ea1), torch.cat(ea2))  # a new order every epoch
+    assert all(torch.equal(p, q) for p, q in zip(ea1, [y for _, y in b]))  # same seed, same epoch, same batches
+
+
+def test_shards_cover_the_data_like_distributed_sampler(monkeypatch):
+    imgs = torch.zeros(23, 4, 4, 3, dtype=torch.uint8)
+    loader = DeviceLoader(imgs, torch.arange(23), batch_size=5, mean=(0, 0, 0), std=(1, 1, 1), shuffle=True)
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(DeviceLoader, "_rank_world", staticmethod(lambda r=rank: (r, 2)))
+        shards.append(loader._indices(epoch=0).tolist())
+    assert len(shards[0]) == len(shards[1]) == 12 and set(shards[0]) | set(shards[1]) == set(range(23))
+
+
+def test_fit_through_lightning_with_the_device_path(cifar):
+    dm = cifar(loader="device")
+    module = ClassifierModule(build_model("resnet20", num_classes=10, width=4), DistillationLoss(kd_weight=0.0), epochs=1)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 100 // 16 and "train/val/acc" in trainer.callback_metrics
+
+
+def test_unknown_loader_is_a_config_error(cifar):
+    with pytest.raises(ConfigError, match="data.loader"):
+        cifar(loader="gpu")
