@@ -20,9 +20,9 @@ not available to us):
 * ``prune`` stage: the final mask (``mask.pt``, ``sparsity_report.json``) copied from the
   ``retrain`` stage, the run-directory contract's ``<run_dir>/prune/mask.pt``.
 
-Between mask updates pruned weights are held at zero: their gradients are zeroed before every
-optimizer step and the weights re-masked after it (by this module's callback, in addition to the
-:class:`~tgp.pruning.MaskEnforcer` that every fit carries).
+Between mask updates pruned weights are held at zero by the :class:`~tgp.pruning.MaskEnforcer`
+that every fit carries (gradients masked before each optimizer step, weights after it), which
+this module's callback refreshes whenever it changes the mask.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from tgp.io import atomic_save_json, atomic_torch_save
 from tgp.methods.common import build_net, ce_loss, channels_last, load_stage_net, make_module
 from tgp.methods.iterative import budget, magnitude_mask, mask_counts
 from tgp.module import ClassifierModule
-from tgp.pruning.mask import apply_mask, load_mask, masked_parameters, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.enforcer import MaskEnforcer
+from tgp.pruning.mask import apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report
 from tgp.pruning.threshold import check_sparsity
 from tgp.stages import StageRunner
 
@@ -94,16 +95,9 @@ class GradualMagnitudePruning(L.Callback):
         self.final, self.ramp = float(final_sparsity), int(prune_epochs)
         self.exclude, self.min_layer_density = list(exclude), float(min_layer_density)
         self.history: list[tuple[int, float]] = []
-        self._params: list = []
-        self._masks: list = []
 
     def sparsity_at(self, epoch: int) -> float:
         return cubic_sparsity(epoch + 1, self.ramp, self.final)
-
-    def _bind(self, pl_module) -> None:
-        params, masks = masked_parameters(pl_module.net, pl_module.mask)
-        self._params = params
-        self._masks = [m.to(device=p.device, dtype=p.dtype) for p, m in zip(params, masks)]
 
     @torch.no_grad()
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -114,21 +108,13 @@ class GradualMagnitudePruning(L.Callback):
         new = magnitude_mask(weights, target, current, self.min_layer_density)
         for n, buf in current.items():
             buf.copy_(new[n].to(buf.device))
+        for callback in trainer.callbacks:  # the fit's MaskEnforcer holds pruned weights at 0 from here on
+            if isinstance(callback, MaskEnforcer):
+                callback.refresh(pl_module)
         apply_mask(pl_module.net, pl_module.mask)
-        self._bind(pl_module)
         total, kept = mask_counts(new)
         self.history.append((epoch, 1 - kept / total))
         pl_module.log(f"{pl_module.stage}/sparsity", 1 - kept / total, on_step=False, on_epoch=True)
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        for p, m in zip(self._params, self._masks):
-            if p.grad is not None:
-                p.grad.mul_(m)
-
-    @torch.no_grad()
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._params:
-            torch._foreach_mul_(self._params, self._masks)
 
 
 class BestAtFinalSparsity(L.Callback):
