@@ -82,3 +82,17 @@ def test_fit_through_lightning_with_the_device_path(cifar):
 def test_unknown_loader_is_a_config_error(cifar):
     with pytest.raises(ConfigError, match="data.loader"):
         cifar(loader="gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_path_bf16_channels_last(cifar):
+    dm = cifar(loader="device")
+    net = build_model("resnet18", num_classes=10, width=16)
+    module = ClassifierModule(net, DistillationLoss(kd_weight=0.0), epochs=1, channels_last=True)
+    trainer = L.Trainer(max_epochs=1, accelerator="gpu", devices=1, precision="bf16-mixed", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.is_cuda and x.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.global_step == 100 // 16

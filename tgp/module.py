@@ -89,6 +89,10 @@ class ClassifierModule(L.LightningModule):
         self.lr, self.epochs = lr, epochs
         self.schedule = dict(schedule or {"kind": "cosine", "warmup_epochs": 0})
         self.channels_last = channels_last
+        if channels_last:  # before Lightning moves and DDP wraps the module: the layout is then fixed
+            net.to(memory_format=torch.channels_last)
+            if teacher is not None:
+                teacher.to(memory_format=torch.channels_last)
         n = num_classes or net.fc.out_features
         self.train_acc = MulticlassAccuracy(n, average="micro")
         self.val_acc = MulticlassAccuracy(n, average="micro")
@@ -119,10 +123,6 @@ class ClassifierModule(L.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
-        if self.channels_last:
-            self.net.to(memory_format=torch.channels_last)
-            if self.teacher is not None:
-                self.teacher.to(memory_format=torch.channels_last)
         if getattr(self.criterion, "needs_dataset_confidence", False) and torch.isnan(self.criterion.dataset_confidence):
             raise RuntimeError("distill.confidence=dataset but the dataset confidence was never estimated")
 
