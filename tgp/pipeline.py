@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tgp.errors import ConfigError, TGPError
-from tgp.io import atomic_save_json, atomic_torch_save
+from tgp.io import atomic_save_json, atomic_torch_save, atomic_write_bytes
 from tgp.methods import get_method
 from tgp.methods.common import load_stage_net
 from tgp.pruning.mask import load_mask
@@ -69,7 +69,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     check_sparsity(cfg.pruning.sparsity)
     method = get_method(str(cfg.method.name))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    text = OmegaConf.to_yaml(cfg, resolve=True).encode()
+    atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(text))
     dm = build_datamodule(cfg)
     validate_before_running(cfg, dm)
     runner = StageRunner(cfg, run_dir, dm)

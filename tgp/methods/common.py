@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from tgp.distill.losses import DistillationLoss, estimate_dataset_confidence
 from tgp.module import ClassifierModule
 from tgp.pruning.callbacks import OneShotPruning
-from tgp.io import atomic_save_json
+from tgp.io import atomic_save_json, atomic_torch_save
 from tgp.pruning.mask import apply_mask, load_mask, save_mask, sparsity_report
 from tgp.stages import StageRunner, load_net_weights
 
@@ -72,7 +72,7 @@ def teacher_stage(runner: StageRunner) -> torch.nn.Module:
         net = build_net(runner, cfg.teacher.net, seed_offset=1000)
         if cfg.teacher.checkpoint:
             load_net_weights(net, cfg.teacher.checkpoint, "teacher.checkpoint")
-            torch.save(net.state_dict(), folder / "net.pt")
+            atomic_torch_save(net.state_dict(), folder / "net.pt")
             return {"epochs": 0, "loaded_from": str(cfg.teacher.checkpoint), "top1_last": runner.evaluate(net)}
         module = make_module(runner, net, ce_loss(), "teacher", cfg.teacher)
         return runner.fit("teacher", folder, module, int(cfg.teacher.epochs))

@@ -8,6 +8,7 @@ into the shared stage store) and hidden folders (``.submitit``, ``.hydra``) are 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from tgp.io import atomic_write_bytes
 
 log = logging.getLogger("tgp")
 
@@ -277,8 +280,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
     keys = list(CSV_FIRST)
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+    buffer = io.StringIO(newline="")
+    w = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue().encode()))

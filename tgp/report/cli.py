@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tgp.io import atomic_write_bytes
 from tgp.report.aggregate import aggregate, find_jobs, load_references, markdown_report, markdown_table, write_csv
 
 DEFAULT_REFERENCES = Path(__file__).resolve().parents[2] / "experiments" / "reference"
@@ -57,7 +58,8 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
 
         png = make_plots(groups, refs, out)
     title = ", ".join(str(d) for d in sweep_dirs)
-    (out / "report.md").write_text(markdown_report(Path(title), jobs, groups, refs, png))
+    text = markdown_report(Path(title), jobs, groups, refs, png).encode()
+    atomic_write_bytes(out / "report.md", lambda f: f.write(text))
     write_csv(jobs.ok + jobs.failed, out / "report.csv")
     result = {"out": out, "jobs": jobs, "groups": groups, "references": refs, "plots": png}
     if wandb:
