@@ -178,9 +178,15 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+# Methods that retrain under a teacher, so that retraining with or without KD are two variants.
+TEACHER_METHODS = ("tgp", "ce_grad", "magnitude", "random")
+
+
 def variant_label(method: str, retrain_kd: bool) -> str:
-    """``tgp`` retrained with KD, ``tgp (CE)`` retrained with CE only."""
-    return f"{method}" if retrain_kd else f"{method} (CE)"
+    """``tgp (KD)`` / ``tgp (CE)`` for methods with a teacher; other methods by name alone."""
+    if method in TEACHER_METHODS:
+        return f"{method} ({'KD' if retrain_kd else 'CE'})"
+    return method
 
 
 # -- reference numbers ---------------------------------------------------------------------------
