@@ -92,6 +92,17 @@ def rounds_needed(rate: float, sparsity: float, limit: int = 10_000) -> int:
     return rounds
 
 
+def check_round_schedule(prefix: str, node, sparsity) -> tuple[float, float, int, int]:
+    """``(target, rate, rounds, epochs_per_round)`` of an iterative method, each checked with a clear error."""
+    target = check_sparsity(sparsity)
+    rate = check_rate(f"{prefix}.rate", node.rate)
+    rounds = check_rounds(prefix, rate, target, node.max_rounds)
+    epochs = int(node.epochs_per_round)
+    if epochs < 1:
+        raise ConfigError(f"{prefix}.epochs_per_round", epochs, "every round must train at least one epoch.", "use e.g. 10.")
+    return target, rate, rounds, epochs
+
+
 def check_rounds(prefix: str, rate: float, sparsity: float, max_rounds) -> int:
     """Rounds needed to reach ``sparsity`` at ``rate``; a :class:`ConfigError` if above ``max_rounds``."""
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
@@ -308,12 +319,8 @@ def run_imp(runner: StageRunner) -> str:
     """Iterative magnitude pruning with rewinding (lottery tickets); returns ``"retrain"``."""
     cfg = runner.cfg
     c = cfg.imp
-    target = check_sparsity(cfg.pruning.sparsity)
-    rate = check_rate("imp.rate", c.rate)
-    n_rounds = check_rounds("imp", rate, target, c.max_rounds)
-    epochs, rewind = int(c.epochs_per_round), int(c.rewind_epoch)
-    if epochs < 1:
-        raise ConfigError("imp.epochs_per_round", epochs, "every round must train at least one epoch.", "use e.g. 10.")
+    target, rate, n_rounds, epochs = check_round_schedule("imp", c, cfg.pruning.sparsity)
+    rewind = int(c.rewind_epoch)
     if not 0 <= rewind < epochs:
         raise ConfigError("imp.rewind_epoch", rewind,
                           f"the rewind point must lie in [0, imp.epochs_per_round={epochs}).",
@@ -376,15 +383,10 @@ def run_colt(runner: StageRunner) -> str:
     """Cyclic overlapping lottery tickets: intersect the tickets of two class halves; returns ``"retrain"``."""
     cfg = runner.cfg
     c = cfg.colt
-    target = check_sparsity(cfg.pruning.sparsity)
-    rate = check_rate("colt.rate", c.rate)
     # The intersection removes at least `rate` of the remaining weights per round, so the
     # target is reached within the IMP round count at the same rate: check that bound up front.
-    max_rounds = check_rounds("colt", rate, target, c.max_rounds)
+    target, rate, max_rounds, epochs = check_round_schedule("colt", c, cfg.pruning.sparsity)
     classes_a, classes_b = split_classes(int(runner.dm.num_classes), int(c.split_seed))
-    epochs = int(c.epochs_per_round)
-    if epochs < 1:
-        raise ConfigError("colt.epochs_per_round", epochs, "every round must train at least one epoch.", "use e.g. 10.")
     b = budget(epochs, float(c.lr))
     min_density = float(cfg.pruning.min_layer_density)
     halves = {"a": ClassSubsetDataModule(runner.dm, classes_a), "b": ClassSubsetDataModule(runner.dm, classes_b)}
