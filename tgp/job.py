@@ -1,0 +1,33 @@
+"""One job's handles, passed to a method's ``run``: its config, data, stage runner and training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from tgp.stages import StageKind, StageRunner
+from tgp.training import Training
+
+
+class Job:
+    """``job.cfg`` is the full config between stages and the running stage's view inside one."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, dm):
+        self._cfg, self.run_dir, self.dm = cfg, Path(run_dir), dm
+        self.stages = StageRunner(cfg, self.run_dir)
+        self.training = Training(cfg, dm, clock=lambda: self.stages.attempt)
+
+    @property
+    def cfg(self) -> DictConfig:
+        return self.stages.view if self.stages.view is not None else self._cfg
+
+    @property
+    def results(self) -> dict[str, dict]:
+        return self.stages.results
+
+    def run(self, kind: StageKind, fn, parent: str | None = None, name: str | None = None) -> dict:
+        return self.stages.run(kind, fn, parent=parent, name=name)
+
+    def stage_path(self, stage: str, *parts: str) -> Path:
+        return self.run_dir.joinpath(stage, *parts)
