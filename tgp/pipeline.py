@@ -1,11 +1,13 @@
-"""One job: build the data, run the method's stages in the run directory, write the report.
+"""One job: build the data, check every setting, run the method's stages in the run directory, write the report.
 
 The run-directory contract (users and scripts read it)::
 
     <run_dir>/config.yaml                resolved config
     <run_dir>/<stage>/                   one folder per stage (a link into paths.stage_store)
-        result.json                      written last: the stage is done
+        result.json                      written last: the stage is done (kind, version, key, seconds, attempts)
+        attempts.json                    one entry per start of the stage (seconds, status)
         last.ckpt, best.ckpt, net.pt     Lightning checkpoints (masks inside once pruned), plain weights
+        metrics.csv                      every epoch's logged metrics, exactly once across resumes
     <run_dir>/prune/mask.pt              {param_name: bool tensor}, True = kept
     <run_dir>/prune/sparsity_report.json per-layer and global: total, kept, sparsity
     <run_dir>/student_sparse.pt          plain state_dict of the final student (zeros in place)
@@ -17,22 +19,22 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tgp.errors import ConfigError, TGPError
+from tgp.checks import validate_job
+from tgp.errors import TGPError
 from tgp.io import atomic_save_json, atomic_torch_save, atomic_write_bytes
+from tgp.job import Job
 from tgp.methods import get_method
-from tgp.methods.common import load_stage_net
 from tgp.pruning.mask import load_mask
 from tgp.pruning.threshold import check_sparsity
 from tgp.report.summary import metrics_row, summary_table
-from tgp.pruning.mask import prunable_parameters
-from tgp.stages import StageRunner, StopPipeline
+from tgp.stages import StopPipeline
 
 log = logging.getLogger("tgp")
-MASK_INPUT_METHODS = ("tgp", "ce_grad", "magnitude", "random", "snip", "epsd")
 
 
 def instantiate_checked(node: DictConfig, **kwargs):
@@ -54,42 +56,41 @@ def build_datamodule(cfg: DictConfig):
     return dm
 
 
-def validate_before_running(cfg: DictConfig, dm) -> None:
-    """Settings that would only fail deep inside a stage (or a DDP worker) are checked here, first."""
-    student = instantiate_checked(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
-    prunable_parameters(student, list(cfg.pruning.exclude))  # raises on a pattern that matches nothing
-    if cfg.pruning.get("mask") and str(cfg.method.name) not in MASK_INPUT_METHODS:
-        raise ConfigError("pruning.mask", cfg.pruning.mask, f"method {cfg.method.name} computes its own masks.",
-                          f"use pruning.mask with one of {', '.join(MASK_INPUT_METHODS)}, or drop it.")
-
-
 def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run ``cfg.method`` in ``run_dir``; return the metrics row (also written to ``metrics.json``)."""
+    """Run ``cfg.method`` in ``run_dir``; return the metrics row (also written to ``metrics.json``).
+
+    Every setting is checked before anything is written to ``run_dir`` or the stage store.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     check_sparsity(cfg.pruning.sparsity)
-    method = get_method(str(cfg.method.name))
+    spec = get_method(str(cfg.method.name))
+    dm = build_datamodule(cfg)
+    student = instantiate_checked(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    validate_job(cfg, spec, dm, student)
+    if spec.check is not None:
+        spec.check(cfg)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
     text = OmegaConf.to_yaml(cfg, resolve=True).encode()
     atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(text))
-    dm = build_datamodule(cfg)
-    validate_before_running(cfg, dm)
-    runner = StageRunner(cfg, run_dir, dm)
+    job = Job(cfg, run_dir, dm)
     try:
-        final_stage = method(runner)
+        final_stage = spec.run(job)
     except StopPipeline as stop:
         log.info("stopped after stage %s (stop_after); re-run without it to continue", stop)
         return {"status": f"stopped_after_{stop}", "run_dir": str(run_dir)}
 
-    net = load_stage_net(runner, cfg.model, final_stage)
-    mask_path = run_dir / "prune" / "mask.pt"
-    if mask_path.exists():
-        mask = load_mask(mask_path, net)
+    net = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    net.load_state_dict(torch.load(job.stage_path(final_stage, "net.pt"), map_location="cpu", weights_only=True))
+    mask_path = job.stage_path("prune", "mask.pt")
+    mask = load_mask(mask_path, net) if mask_path.exists() else None
+    if mask is not None:
         params = dict(net.named_parameters())
         leaked = [n for n, m in mask.items() if bool(params[n].detach()[~m].ne(0).any())]
         if leaked:  # a broken invariant, not a user error: fail loudly
             raise RuntimeError(f"pruned weights are nonzero after {final_stage}: {leaked}")
     atomic_torch_save(net.state_dict(), run_dir / "student_sparse.pt")
-    row = metrics_row(cfg, runner, final_stage, net)
+    row = metrics_row(cfg, spec, job, final_stage, net, mask)
     row["run_dir"] = str(run_dir)
     row["status"] = "ok"
     atomic_save_json(row, run_dir / "metrics.json")

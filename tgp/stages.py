@@ -44,19 +44,32 @@ BASE_NODES = ("data", "trainer", "optimizer", "schedule", "seed")
 INFRA_NODES = ("channels_last",)
 
 
+KINDS: dict[str, "StageKind"] = {}  # every kind declared anywhere (the key-coverage test walks them)
+
+
 @dataclass(frozen=True)
 class StageKind:
-    """One kind of stage: ``name`` (also the folder name unless a round suffix is given),
-    the config nodes it ``reads`` (dotted paths; a node covers everything below it), and a
-    ``version`` that is bumped whenever the kind's computation changes."""
+    """One kind of stage: a unique ``name``, the config nodes it ``reads`` (dotted paths; a node
+    covers everything below it), a ``version`` bumped whenever its computation changes, and the
+    ``folder`` its stages write to (default: the name; a round number may be appended at run)."""
 
     name: str
     reads: tuple[str, ...] = ()
     version: int = 1
+    folder: str | None = None
+
+    def __post_init__(self) -> None:
+        known = KINDS.setdefault(self.name, self)
+        if known != self:
+            raise RuntimeError(f"stage kind {self.name!r} declared twice with different settings")
 
     @property
     def nodes(self) -> tuple[str, ...]:
         return (*BASE_NODES, *self.reads)
+
+    @property
+    def folder_name(self) -> str:
+        return self.folder or self.name
 
 
 def _picked(cfg: DictConfig, nodes) -> dict:
@@ -72,10 +85,11 @@ def _picked(cfg: DictConfig, nodes) -> dict:
     return picked
 
 
-def stage_key(cfg: DictConfig, kind: StageKind, parent: str | None = None) -> str:
-    """Hash of the resolved nodes ``kind`` reads (minus infrastructure keys), its name, version and ``parent``."""
-    blob = json.dumps({"kind": kind.name, "version": kind.version, "parent": parent, "nodes": _picked(cfg, kind.nodes)},
-                      sort_keys=True, default=str)
+def stage_key(cfg: DictConfig, kind: StageKind, parent: str | None = None, name: str | None = None) -> str:
+    """Hash of the resolved nodes ``kind`` reads (minus infrastructure keys), its name and version,
+    the stage's folder ``name`` (a round, a half) and the ``parent`` stage's key."""
+    blob = json.dumps({"kind": kind.name, "version": kind.version, "name": name or kind.folder_name, "parent": parent,
+                       "nodes": _picked(cfg, kind.nodes)}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -183,18 +197,18 @@ class StageRunner:
             os.symlink(os.path.relpath(target, link.parent), link, target_is_directory=True)
         return target
 
-    def key(self, kind: StageKind, parent: str | None = None) -> str:
-        return stage_key(self.cfg, kind, self.keys[parent] if parent else None)
+    def key(self, kind: StageKind, parent: str | None = None, name: str | None = None) -> str:
+        return stage_key(self.cfg, kind, self.keys[parent] if parent else None, name)
 
     def run(self, kind: StageKind, fn: Callable[[Path, DictConfig], dict], parent: str | None = None,
             name: str | None = None) -> dict:
         """Run ``fn(stage_dir, view) -> result`` unless ``result.json`` says it already ran.
 
-        ``name`` (default ``kind.name``) is the folder name, e.g. ``imp_round_03`` of kind ``imp_round``.
+        ``name`` (default ``kind.folder_name``) is the folder name, e.g. ``imp_round_03`` of kind ``imp_round``.
         """
-        name = name or kind.name
+        name = name or kind.folder_name
         check_no_config_capture(fn, name)
-        key = self.key(kind, parent)
+        key = self.key(kind, parent, name)
         self.keys[name] = key
         folder = self.stage_dir(name, key)
         done = folder / "result.json"

@@ -22,12 +22,11 @@ the SNIP saliency ``|θ ⊙ ∇θ L_SD|`` of EPSD (Chen et al., AAAI 2024) on on
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Sampler
 
 from tgp.errors import ConfigError
 
@@ -36,7 +35,7 @@ SCORE_LOSSES = ("sd", "ce")
 SCORE_BN = ("batch", "running")
 
 
-def check_regime(regime: str, setting: str = "epsd.regime") -> str:
+def check_regime(regime: str, setting: str = "method.regime") -> str:
     if regime not in REGIMES:
         raise ConfigError(setting, regime, "no such self-distillation regime.",
                           f"use {setting}=<regime> with one of: {', '.join(REGIMES)}.")
@@ -95,78 +94,12 @@ def cskd_loss(logits: Tensor, y: Tensor, pair_logits: Tensor, *, temperature: fl
     return ce + weight * kd, {"ce": ce.detach(), "kd": kd.detach()}
 
 
-# -- data: indices, samplers -------------------------------------------------------------------
-class IndexedDataset(Dataset):
-    """Items ``(x, y, i)``: the wrapped dataset's item and its position ``i`` (for per-sample state)."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        x, y = self.dataset[i]
-        return x, y, i
 
 
-def dataset_labels(dataset) -> Tensor:
-    """Labels of a dataset (uses ``indices`` + the wrapped dataset's ``targets`` when available)."""
-    inner = getattr(dataset, "dataset", None)
-    idx = getattr(dataset, "indices", None)
-    targets = getattr(inner, "targets", None)
-    if targets is not None and idx is not None:
-        return torch.as_tensor(targets)[torch.as_tensor(idx, dtype=torch.long)].long()
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
 
 
-class DLBBatchSampler(Sampler[list[int]]):
-    """Overlapping batches for DLB: each epoch, a random permutation cut into chunks ``c_0, c_1, …``
-    of ``h = batch_size // 2``; batch ``t = c_t ∪ c_{t+1}``. So the second half of batch ``t`` is
-    the first half of batch ``t+1`` (samples are loaded again, i.e. re-augmented). A remainder
-    shorter than ``h`` is dropped (a different one each epoch). Global torch RNG (seeded runs)."""
-
-    def __init__(self, num_samples: int, batch_size: int):
-        self.n, self.h = int(num_samples), max(int(batch_size) // 2, 1)
-        if self.n < 2 * self.h:
-            raise ValueError(f"DLB needs at least {2 * self.h} training samples, got {self.n}")
-
-    def __len__(self) -> int:
-        return self.n // self.h - 1
-
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = torch.randperm(self.n).tolist()
-        chunks = [perm[k * self.h:(k + 1) * self.h] for k in range(self.n // self.h)]
-        for a, b in zip(chunks[:-1], chunks[1:]):
-            yield a + b
 
 
-class ClassPairBatchSampler(Sampler[list[int]]):
-    """CS-KD batches: ``h = batch_size // 2`` shuffled samples, then for each one a random *other*
-    sample of its class (itself only when its class has a single sample); batch = ``anchors + partners``."""
-
-    def __init__(self, labels: Tensor, batch_size: int):
-        self.labels = torch.as_tensor(labels).long()
-        self.h = max(int(batch_size) // 2, 1)
-        self.by_class = {int(c): torch.nonzero(self.labels == c).flatten() for c in self.labels.unique()}
-        self.drop_last = len(self.labels) > self.h
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.h if self.drop_last else -(-n // self.h)
-
-    def partner(self, i: int) -> int:
-        pool = self.by_class[int(self.labels[i])]
-        if len(pool) == 1:
-            return i
-        j = int(pool[torch.randint(len(pool) - 1, ()).item()])
-        return j if j != i else int(pool[-1])  # uniform over the class minus i
-
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = torch.randperm(len(self.labels)).tolist()
-        for k in range(len(self)):
-            anchors = perm[k * self.h:(k + 1) * self.h]
-            yield anchors + [self.partner(i) for i in anchors]
 
 
 # -- scoring at (near) initialization ----------------------------------------------------------
@@ -275,7 +208,7 @@ def score_loss(regime: str, *, score_loss: str = "sd", num_classes: int, alpha: 
     """The ``loss_fn(model, x, y)`` that EPSD scores with: the regime's SD loss, or CE (``score_loss=ce``)."""
     check_regime(regime)
     if score_loss not in SCORE_LOSSES:
-        raise ConfigError("epsd.score_loss", score_loss, "unknown score loss.",
+        raise ConfigError("method.score_loss", score_loss, "unknown score loss.",
                           f"use one of: {', '.join(SCORE_LOSSES)} (sd = EPSD, ce = 'Simple': SNIP then SD training).")
     if score_loss == "ce":
         return ce_score_loss(batch_stats)

@@ -31,6 +31,7 @@ class MethodSpec:
     * ``stages``: its stage names in order; a ``*`` stands for a round number (``imp_round_*``).
     * ``epochs``: config paths of the epoch counts its stages train for (each must be ≥ 1).
     * ``dense_stage``: the stage whose network is the dense student of the report, if any.
+    * ``check(cfg)``: the method's own setting checks, run before the first stage (raise ConfigError).
     """
 
     name: str
@@ -42,6 +43,7 @@ class MethodSpec:
     stages: tuple[str, ...] = ()
     epochs: tuple[str, ...] = ()
     dense_stage: str | None = None
+    check: Callable | None = None
     extra: dict = field(default_factory=dict)
 
     def has_stage(self, name: str) -> bool:

@@ -5,15 +5,15 @@ that of its unpruned version, with no separate teacher. Definition (ours, the pa
 not available to us):
 
 * ``dense`` stage: the student trained from its seeded initialization with CE
-  (``sdp.dense_epochs`` epochs at ``sdp.dense_lr``).
-* ``retrain`` stage: fine-tuning for ``sdp.epochs`` epochs at ``sdp.lr`` with
-  ``L = CE + λ · L_CC(z_pruned, z_dense)`` (λ = ``sdp.cc_weight``), where ``z`` are penultimate
+  (``method.dense_epochs`` epochs at ``method.dense_lr``).
+* ``retrain`` stage: fine-tuning for ``method.epochs`` epochs at ``method.lr`` with
+  ``L = CE + λ · L_CC(z_pruned, z_dense)`` (λ = ``method.cc_weight``), where ``z`` are penultimate
   features (``net.forward_features``) of the masked network and of a frozen copy of the dense
   weights (eval mode, no gradients), and ``L_CC`` is
-  :func:`tgp.distill.cross_correlation.cross_correlation_loss` (``λ_off = sdp.off_diagonal_weight``).
+  :func:`tgp.distill.cross_correlation.cross_correlation_loss` (``λ_off = method.off_diagonal_weight``).
   Meanwhile the network is pruned gradually by global magnitude on the cubic schedule of Zhu &
   Gupta (2017): at the start of epoch ``e`` (0-based) the mask is recomputed for sparsity
-  ``s_e = s · (1 − (1 − min(e + 1, P) / P)³)``, ``P = sdp.prune_epochs`` (null = ⌈epochs/2⌉),
+  ``s_e = s · (1 − (1 − min(e + 1, P) / P)³)``, ``P = method.prune_epochs`` (null = ⌈epochs/2⌉),
   so the target ``s`` = ``pruning.sparsity`` holds from epoch ``P − 1`` on, then stays fixed.
   Masks are nested (a pruned weight stays pruned) and the final one removes exactly
   ``round(s·N)`` prunable weights (global threshold with pruned weights at −∞).
@@ -22,7 +22,7 @@ not available to us):
 
 Between mask updates pruned weights are held at zero by the :class:`~tgp.pruning.MaskEnforcer`
 that every fit carries (gradients masked before each optimizer step, weights after it), which
-this module's callback refreshes whenever it changes the mask.
+follows every mask change the callback makes through the module.
 """
 
 from __future__ import annotations
@@ -31,165 +31,88 @@ import copy
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 
-from tgp.distill.cross_correlation import cross_correlation_loss
+from tgp.blocks import build_net, ce_loss, load_stage_net, make_module
 from tgp.errors import ConfigError
-from tgp.io import atomic_save_json, atomic_torch_save
-from tgp.methods.common import build_net, ce_loss, channels_last, load_stage_net, make_module
-from tgp.methods.iterative import budget, magnitude_mask, mask_counts
-from tgp.module import ClassifierModule
-from tgp.pruning.enforcer import MaskEnforcer
-from tgp.pruning.mask import apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report
+from tgp.io import atomic_save_json
+from tgp.lit import SelfDistilledPruningModule
+from tgp.methods.registry import MethodSpec, register
+from tgp.pruning.callbacks import BestAtFinalSparsity, GradualMagnitudePruning
+from tgp.pruning.mask import load_mask, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.nested import mask_counts
 from tgp.pruning.threshold import check_sparsity
-from tgp.stages import StageRunner
+from tgp.stages import StageKind
 
 log = logging.getLogger("tgp")
 
-
-def cubic_sparsity(step: int, ramp: int, final: float, initial: float = 0.0) -> float:
-    """Zhu & Gupta's schedule: ``s_f + (s_i − s_f)(1 − min(step, ramp)/ramp)³``."""
-    frac = min(max(step, 0), ramp) / max(ramp, 1)
-    return final + (initial - final) * (1.0 - frac) ** 3
-
-
-class SelfDistilledPruningModule(ClassifierModule):
-    """``CE(fc(z_p), y) + λ · L_CC(z_p, z_d)``; ``z_d`` from the frozen dense copy held as ``teacher``."""
-
-    def __init__(self, net, dense, *, cc_weight: float, off_diagonal_weight: float, **kw):
-        super().__init__(net, ce_loss(), teacher=dense, **kw)
-        self.cc_weight, self.off_diagonal_weight = float(cc_weight), float(off_diagonal_weight)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        x = self._inputs(x)
-        z = self.net.forward_features(x)
-        logits = self.net.fc(z)
-        ce, _ = self.criterion(logits, y)
-        loss = ce
-        if self.cc_weight > 0:
-            with torch.no_grad():
-                z_dense = self.teacher.forward_features(x)
-            cc = cross_correlation_loss(z.float(), z_dense.float(), self.off_diagonal_weight)
-            loss = ce + self.cc_weight * cc
-            self.log(f"{self.stage}/train/cc", cc.detach(), on_step=False, on_epoch=True, sync_dist=True)
-        self.train_acc(logits.detach(), y)
-        self.log(f"{self.stage}/train/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{self.stage}/train/ce", ce.detach(), on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{self.stage}/train/acc", self.train_acc, on_step=False, on_epoch=True)
-        return loss
+SDP_DENSE = StageKind("sdp_dense", folder="dense", reads=("model", "method.dense_epochs", "method.dense_lr"))
+SDP_RETRAIN = StageKind("sdp_retrain", folder="retrain", reads=(
+    "model", "method", "pruning.sparsity", "pruning.exclude", "pruning.min_layer_density"))
+SDP_PRUNE = StageKind("sdp_prune", folder="prune", reads=("pruning.sparsity",))
 
 
-class GradualMagnitudePruning(L.Callback):
-    """Recompute the module's mask at the start of every epoch on the cubic schedule; keep pruned weights at 0.
-
-    The module must carry a mask (all-True at the start); it is updated in place, so it is in
-    every checkpoint and a resumed fit continues from it.
-    """
-
-    def __init__(self, final_sparsity: float, prune_epochs: int, exclude=(), min_layer_density: float = 0.0):
-        self.final, self.ramp = float(final_sparsity), int(prune_epochs)
-        self.exclude, self.min_layer_density = list(exclude), float(min_layer_density)
-        self.history: list[tuple[int, float]] = []
-
-    def sparsity_at(self, epoch: int) -> float:
-        return cubic_sparsity(epoch + 1, self.ramp, self.final)
-
-    @torch.no_grad()
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        epoch = trainer.current_epoch
-        target = self.sparsity_at(epoch)
-        current = pl_module.mask
-        weights = prunable_parameters(pl_module.net, self.exclude)
-        new = magnitude_mask(weights, target, current, self.min_layer_density)
-        for n, buf in current.items():
-            buf.copy_(new[n].to(buf.device))
-        for callback in trainer.callbacks:  # the fit's MaskEnforcer holds pruned weights at 0 from here on
-            if isinstance(callback, MaskEnforcer):
-                callback.refresh(pl_module)
-        apply_mask(pl_module.net, pl_module.mask)
-        total, kept = mask_counts(new)
-        self.history.append((epoch, 1 - kept / total))
-        pl_module.log(f"{pl_module.stage}/sparsity", 1 - kept / total, on_step=False, on_epoch=True)
+@dataclass
+class SdpSettings:
+    dense_epochs: int = 6  # dense CE training of the student from its seeded init
+    dense_lr: float = 0.1
+    epochs: int = 6  # pruning fine-tuning (ramp, then the final mask)
+    lr: float = 0.05
+    prune_epochs: int | None = None  # epochs of the cubic ramp; null = ceil(epochs / 2) (ours)
+    cc_weight: float = 0.1  # λ of the cross-correlation term (ours)
+    off_diagonal_weight: float = 0.005  # λ_off (ours; the Barlow Twins value)
 
 
-class BestAtFinalSparsity(L.Callback):
-    """Keep the weights of the best-validation epoch among those trained at the final mask.
-
-    The fit's own best checkpoint may come from an epoch of the pruning ramp (a denser network),
-    so the reported best-val accuracy is taken from this one instead. Its state is in every
-    checkpoint, so a resumed fit keeps the best so far.
-    """
-
-    def __init__(self, stage: str, first_epoch: int, path: Path):
-        self.stage, self.first_epoch, self.path = stage, int(first_epoch), Path(path)
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or trainer.current_epoch < self.first_epoch:
-            return
-        acc = trainer.callback_metrics.get(f"{self.stage}/val/acc")
-        if acc is None or (self.best is not None and float(acc) <= self.best):
-            return
-        self.best, self.best_epoch = float(acc), int(trainer.current_epoch)
-        if trainer.is_global_zero:
-            atomic_torch_save({k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()}, self.path)
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+def ramp_epochs(m: DictConfig) -> int:
+    return math.ceil(int(m.epochs) / 2) if m.prune_epochs is None else int(m.prune_epochs)
 
 
-def run_sdp(runner: StageRunner) -> str:
-    """Dense CE training, then gradual magnitude pruning with the cross-correlation self-distillation; ``"retrain"``."""
-    cfg = runner.cfg
-    c = cfg.sdp
-    target = check_sparsity(cfg.pruning.sparsity)
+def check_sdp(cfg: DictConfig) -> None:
+    check_sparsity(cfg.pruning.sparsity)
+    c = cfg.method
     epochs = int(c.epochs)
     if epochs < 1:
-        raise ConfigError("sdp.epochs", epochs, "the pruning fine-tuning must last at least one epoch.", "use e.g. 6.")
-    ramp = math.ceil(epochs / 2) if c.prune_epochs is None else int(c.prune_epochs)
-    if not 1 <= ramp <= epochs:
-        raise ConfigError("sdp.prune_epochs", c.prune_epochs,
-                          f"the pruning ramp must last between 1 and sdp.epochs={epochs} epochs.",
-                          "use null (half of sdp.epochs) or a smaller value.")
+        raise ConfigError("method.epochs", epochs, "the pruning fine-tuning must last at least one epoch.", "use e.g. 6.")
+    if not 1 <= ramp_epochs(c) <= epochs:
+        raise ConfigError("method.prune_epochs", c.prune_epochs,
+                          f"the pruning ramp must last between 1 and method.epochs={epochs} epochs.",
+                          "use null (half of method.epochs) or a smaller value.")
     for key in ("cc_weight", "off_diagonal_weight"):
         if float(c[key]) < 0:
-            raise ConfigError(f"sdp.{key}", c[key], "a loss weight cannot be negative.", "use 0 to switch the term off.")
+            raise ConfigError(f"method.{key}", c[key], "a loss weight cannot be negative.", "use 0 to switch the term off.")
 
-    def dense(folder: Path) -> dict:
-        net = build_net(runner, cfg.model)
-        module = make_module(runner, net, ce_loss(), "dense", budget(int(c.dense_epochs), float(c.dense_lr)))
-        return runner.fit("dense", folder, module, int(c.dense_epochs))
 
-    runner.run("dense", ("model", "sdp.dense_epochs", "sdp.dense_lr"), dense)
+def run_sdp(job) -> str:
+    """Dense CE training, then gradual magnitude pruning with the cross-correlation self-distillation; ``"retrain"``."""
 
-    def retrain(folder: Path) -> dict:
-        net = load_stage_net(runner, cfg.model, "dense")
-        frozen = copy.deepcopy(net)
+    def dense(folder: Path, cfg: DictConfig) -> dict:
+        m = cfg.method
+        module = make_module(job, build_net(job, cfg.model), ce_loss(), "dense", m.dense_epochs, m.dense_lr)
+        return job.training.fit("dense", folder, module, int(m.dense_epochs))
+
+    job.run(SDP_DENSE, dense)
+
+    def retrain(folder: Path, cfg: DictConfig) -> dict:
+        c, target, ramp = cfg.method, float(cfg.pruning.sparsity), ramp_epochs(cfg.method)
+        net = load_stage_net(job, cfg.model, "dense")
         exclude = list(cfg.pruning.exclude)
         start = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(net, exclude).items()}
-        module = SelfDistilledPruningModule(
-            net, frozen, cc_weight=float(c.cc_weight), off_diagonal_weight=float(c.off_diagonal_weight),
-            mask=start, stage="retrain", optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-            lr=float(c.lr), epochs=epochs, schedule=OmegaConf.to_container(cfg.schedule, resolve=True),
-            channels_last=channels_last(cfg), num_classes=runner.dm.num_classes,
-        )
+        module = make_module(job, net, None, "retrain", c.epochs, c.lr, module_cls=SelfDistilledPruningModule,
+                             dense=copy.deepcopy(net), cc_weight=float(c.cc_weight),
+                             off_diagonal_weight=float(c.off_diagonal_weight), mask=start)
         pruning = GradualMagnitudePruning(target, ramp, exclude, float(cfg.pruning.min_layer_density))
         best = BestAtFinalSparsity("retrain", ramp - 1, folder / "best_final_mask.pt")
-        result = runner.fit("retrain", folder, module, epochs, callbacks=[pruning, best])
+        result = job.training.fit("retrain", folder, module, int(c.epochs), callbacks=[pruning, best])
         # Best validation epoch among those at the final mask (not a denser epoch of the ramp).
         if best.best is not None and best.path.exists():
             best_net = copy.deepcopy(module.net)
             best_net.load_state_dict(torch.load(best.path, map_location="cpu", weights_only=True))
-            result.update(top1_best_val=runner.evaluate(best_net), val_acc_best=best.best, best_epoch=best.best_epoch)
+            result.update(top1_best_val=job.training.evaluate(best_net), val_acc_best=best.best,
+                          best_epoch=best.best_epoch)
         else:
             result.update(top1_best_val=result["top1_last"], val_acc_best=None)
         mask = {n: m.detach().cpu() for n, m in module.mask.items()}
@@ -202,15 +125,21 @@ def run_sdp(runner: StageRunner) -> str:
         atomic_save_json(report, folder / "sparsity_report.json")
         return {**result, "prune_epochs": ramp, "sparsity": report["prunable"]["sparsity"]}
 
-    runner.run("retrain", ("model", "sdp", "pruning.sparsity", "pruning.exclude", "pruning.min_layer_density"),
-               retrain, parent="dense")
+    job.run(SDP_RETRAIN, retrain, parent="dense")
 
-    def prune(folder: Path) -> dict:
-        source = runner.run_dir / "retrain"
+    def prune(folder: Path, cfg: DictConfig) -> dict:
+        source = job.stage_path("retrain")
         for name in ("mask.pt", "sparsity_report.json"):
             shutil.copyfile(source / name, folder / name)
         load_mask(folder / "mask.pt")  # a readable mask, or fail here
         return {"epochs": 0, "copied_from": "retrain"}
 
-    runner.run("prune", ("pruning.sparsity",), prune, parent="retrain")
+    job.run(SDP_PRUNE, prune, parent="retrain")
     return "retrain"
+
+
+SDP = register(MethodSpec(
+    name="sdp", run=run_sdp, settings=SdpSettings, check=check_sdp,
+    summary="gradual magnitude pruning during fine-tuning with a cross-correlation term to the frozen dense copy",
+    stages=("dense", "retrain", "prune"), epochs=("method.dense_epochs", "method.epochs"), dense_stage="dense",
+))

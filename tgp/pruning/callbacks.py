@@ -1,4 +1,8 @@
-"""The one-shot pruning callback: score → global threshold → mask, identical on every rank."""
+"""The Lightning callbacks of pruning: one-shot (score → global threshold → mask, identical on every
+rank), gradual magnitude pruning on a schedule, best-at-final-mask tracking, saving a rewind point.
+
+A callback never looks for another in ``trainer.callbacks``: a mask change goes through the
+module (``pl_module.update_mask``), which the :class:`~tgp.pruning.MaskEnforcer` follows."""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from tgp.io import atomic_save_json
-from tgp.pruning.mask import Mask, prunable_parameters, save_mask, sparsity_report
+from tgp.io import atomic_save_json, atomic_torch_save
+from tgp.pruning.mask import Mask, apply_mask, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.nested import magnitude_mask, mask_counts
+from tgp.pruning.schedules import cubic_sparsity
 from tgp.pruning.scores import SCORES, gradient_scores
 from tgp.pruning.threshold import global_threshold
 
@@ -39,10 +45,11 @@ def mask_digest(mask: Mask) -> str:
 class OneShotPruning(L.Callback):
     """Prune the module's network once, globally, to ``sparsity``.
 
-    Scores (see :mod:`tgp.pruning.scores`): ``gradient`` — ``|θ ⊙ ∇θ L|`` with ``L`` the
-    module's own objective (``α·CA-KLD + (1−α)·CE`` under a teacher: the teacher-guided score;
-    CE alone otherwise), over ``score_batches`` batches of the datamodule's
-    ``score_dataloader()``; ``magnitude`` — ``|θ|``; ``random``.
+    Scores (see :mod:`tgp.pruning.scores`): ``gradient`` — ``|θ ⊙ ∇θ L|`` over ``score_batches``
+    batches of the datamodule's ``score_dataloader()``, with ``L = loss_fn(model, x, y)`` when
+    given (e.g. a self-distillation loss), else the module's own objective (``α·CA-KLD +
+    (1−α)·CE`` under a teacher: the teacher-guided score; CE alone otherwise);
+    ``magnitude`` — ``|θ|``; ``random``.
 
     Fires once: at ``on_validation_start`` of ``trainer.validate`` (pruning a trained
     checkpoint on its own, which then measures the pruned network), or at ``on_train_end`` when
@@ -61,14 +68,14 @@ class OneShotPruning(L.Callback):
         exclude: list[str] | tuple[str, ...] = (),
         min_layer_density: float = 0.0,
         seed: int = 0,
-        loss=None,
+        loss_fn=None,
     ):
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; known: {sorted(SCORES)}")
         self.sparsity, self.out_dir, self.score = sparsity, out_dir, score
         self.score_batches, self.accumulate = score_batches, accumulate
         self.exclude, self.min_layer_density, self.seed = list(exclude), min_layer_density, seed
-        self.loss = loss  # None: the module's own criterion
+        self.loss_fn = loss_fn  # (model, x, y) -> loss; None: the module's own objective
         self.mask: Mask | None = None
         self.report: dict | None = None
 
@@ -83,13 +90,7 @@ class OneShotPruning(L.Callback):
         net = pl_module.net
         params = prunable_parameters(net, self.exclude)
         if self.score == "gradient":
-            criterion = self.loss if self.loss is not None else pl_module.criterion
-            teacher = pl_module.teacher
-
-            def loss_fn(model, x, y):
-                t = teacher(x) if teacher is not None else None
-                return criterion(model(x), y, t)[0]
-
+            loss_fn = self.loss_fn or pl_module.objective
             scores = gradient_scores(
                 net, params, self._score_batches(trainer), loss_fn, accumulate=self.accumulate, all_reduce=all_reduce_sum
             )
@@ -124,3 +125,72 @@ class OneShotPruning(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._prune(trainer, pl_module)
+
+
+class GradualMagnitudePruning(L.Callback):
+    """Recompute the module's mask at the start of every epoch on the cubic schedule; keep pruned weights at 0.
+
+    The module must carry a mask (all-True at the start); it is updated in place, so it is in
+    every checkpoint and a resumed fit continues from it.
+    """
+
+    def __init__(self, final_sparsity: float, prune_epochs: int, exclude=(), min_layer_density: float = 0.0):
+        self.final, self.ramp = float(final_sparsity), int(prune_epochs)
+        self.exclude, self.min_layer_density = list(exclude), float(min_layer_density)
+        self.history: list[tuple[int, float]] = []
+
+    def sparsity_at(self, epoch: int) -> float:
+        return cubic_sparsity(epoch + 1, self.ramp, self.final)
+
+    @torch.no_grad()
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        target = self.sparsity_at(epoch)
+        current = pl_module.mask
+        weights = prunable_parameters(pl_module.net, self.exclude)
+        new = magnitude_mask(weights, target, current, self.min_layer_density)
+        pl_module.update_mask(new)  # zeroes the newly pruned weights; the MaskEnforcer follows it
+        total, kept = mask_counts(new)
+        self.history.append((epoch, 1 - kept / total))
+        pl_module.log(f"{pl_module.stage}/sparsity", 1 - kept / total, on_step=False, on_epoch=True)
+
+
+class BestAtFinalSparsity(L.Callback):
+    """Keep the weights of the best-validation epoch among those trained at the final mask.
+
+    The fit's own best checkpoint may come from an epoch of the pruning ramp (a denser network),
+    so the reported best-val accuracy is taken from this one instead. Its state is in every
+    checkpoint, so a resumed fit keeps the best so far.
+    """
+
+    def __init__(self, stage: str, first_epoch: int, path: Path):
+        self.stage, self.first_epoch, self.path = stage, int(first_epoch), Path(path)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.current_epoch < self.first_epoch:
+            return
+        acc = trainer.callback_metrics.get(f"{self.stage}/val/acc")
+        if acc is None or (self.best is not None and float(acc) <= self.best):
+            return
+        self.best, self.best_epoch = float(acc), int(trainer.current_epoch)
+        if trainer.is_global_zero:
+            atomic_torch_save({k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()}, self.path)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+
+
+class SaveAtEpoch(L.Callback):
+    """Save the network's weights after ``epoch`` training epochs (IMP's rewind point)."""
+
+    def __init__(self, epoch: int, path: Path):
+        self.epoch, self.path = epoch, Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 == self.epoch and trainer.is_global_zero:
+            atomic_torch_save({k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()}, self.path)

@@ -37,13 +37,16 @@ class MaskEnforcer(L.Callback):
       and Adam moments would otherwise move pruned weights off zero even with zero gradients.
 
     Both are a single ``torch._foreach_mul_`` over all masked tensors, not a Python loop of
-    kernels, so a masked step costs about what a dense step does.
+    kernels, so a masked step costs about what a dense step does. A module whose mask changes
+    during training (gradual pruning) bumps ``pl_module.mask_version``; the enforcer re-binds
+    when it sees a new version (an int compare per step, no device sync).
     """
 
     def __init__(self) -> None:
         self._handles: list = []
         self._params: list[Tensor] = []
         self._masks: list[Tensor] = []
+        self._version: int | None = None
 
     # -- plain-torch API (also what the Lightning hooks below call) ------------------------------
     def bind(self, net: nn.Module, mask: Mask | None) -> bool:
@@ -86,12 +89,15 @@ class MaskEnforcer(L.Callback):
     def refresh(self, pl_module) -> None:
         """Re-read ``pl_module.mask`` (for methods whose mask changes during training)."""
         self.bind(pl_module.net, pl_module.mask)
+        self._version = getattr(pl_module, "mask_version", None)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.bind(pl_module.net, pl_module.mask):
-            self.attach(trainer.optimizers)
+        self.refresh(pl_module)
+        self.attach(trainer.optimizers)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if getattr(pl_module, "mask_version", None) != self._version:
+            self.refresh(pl_module)
         self.mask_grads_()
 
     def on_train_end(self, trainer, pl_module) -> None:

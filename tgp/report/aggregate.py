@@ -178,13 +178,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-# Methods that retrain under a teacher, so that retraining with or without KD are two variants.
-TEACHER_METHODS = ("tgp", "ce_grad", "magnitude", "random")
-
-
 def variant_label(method: str, retrain_kd: bool) -> str:
-    """``tgp (KD)`` / ``tgp (CE)`` for methods with a teacher; other methods by name alone."""
-    if method in TEACHER_METHODS:
+    """``tgp (KD)`` / ``tgp (CE)`` for methods with a teacher (retraining with or without KD are two
+    variants); other methods by name alone."""
+    from tgp.methods import load_all
+
+    spec = load_all().get(method)
+    if spec is not None and spec.uses_teacher:
         return f"{method} ({'KD' if retrain_kd else 'CE'})"
     return method
 

@@ -18,10 +18,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
-def prunable_sparsity(model: nn.Module) -> tuple[int, int]:
-    """``(total, zeros)`` over the prunable weights (Conv2d/Linear kernels), read off the weights."""
+def masked_sparsity(model: nn.Module, mask: dict | None = None) -> tuple[int, int]:
+    """``(total, zeros)`` over the weights ``mask`` covers (all Conv2d/Linear kernels when None),
+    read off the weights themselves."""
+    params = dict(model.named_parameters())
+    chosen = [params[n] for n in mask] if mask is not None else list(prunable_parameters(model).values())
     total = zeros = 0
-    for p in prunable_parameters(model).values():
+    for p in chosen:
         total += p.numel()
         zeros += p.numel() - int(torch.count_nonzero(p))
     return total, zeros

@@ -7,35 +7,38 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tgp.report.flops import count_parameters, flops, prunable_sparsity
-
-STAGE_ORDER = ("teacher", "kd_pretrain", "dense", "prune", "retrain")
+from tgp.pruning.mask import Mask
+from tgp.report.flops import count_parameters, flops, masked_sparsity
 
 
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
 
 
-def metrics_row(cfg: DictConfig, runner, final_stage: str, net: torch.nn.Module) -> dict:
-    """The flat row of the run-directory contract (see the README)."""
-    dm = runner.dm
-    total_prunable, zeros = prunable_sparsity(net)
+def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Module, mask: Mask | None) -> dict:
+    """The flat row of the run-directory contract (see the README).
+
+    ``measured_sparsity`` is over the weights the mask covers (the prunable set, after
+    ``pruning.exclude``), read off the weights; ``sparsity_all`` over every parameter.
+    """
+    dm = job.dm
+    total_prunable, zeros = masked_sparsity(net, mask)
     params_total, params_nonzero = count_parameters(net)
     flops_dense, flops_nonzero = flops(net, (dm.in_channels, dm.image_size, dm.image_size))
-    res = runner.results
+    res = job.results
     final = res[final_stage]
-    dense_stage = "kd_pretrain" if "kd_pretrain" in res else ("dense" if "dense" in res else None)
+    dense_stage = spec.dense_stage
     row = {
         "method": str(cfg.method.name),
         "dataset": dm.name,
         "model": str(OmegaConf.select(cfg, "model.name", default="?")),
-        "teacher": str(OmegaConf.select(cfg, "teacher.net.name", default="")) if "teacher" in res else None,
+        "teacher": str(OmegaConf.select(cfg, "teacher.net.name", default="")) if spec.uses_teacher else None,
         "seed": int(cfg.seed),
         # KD in retraining needs a teacher; methods without one retrain with their own loss.
-        "retrain_kd": bool(OmegaConf.select(cfg, "retrain.kd", default=False)) and "teacher" in res,
+        "retrain_kd": bool(OmegaConf.select(cfg, "retrain.kd", default=False)) and spec.uses_teacher,
         "target_sparsity": float(cfg.pruning.sparsity),
         "measured_sparsity": zeros / max(total_prunable, 1),
-        "measured_sparsity_all": (params_total - params_nonzero) / params_total,
+        "sparsity_all": (params_total - params_nonzero) / params_total,
         "params_total": params_total,
         "params_nonzero": params_nonzero,
         "flops_dense": flops_dense,
@@ -48,13 +51,16 @@ def metrics_row(cfg: DictConfig, runner, final_stage: str, net: torch.nn.Module)
         "top1_best_val": final.get("top1_best_val"),
         "val_acc_best": final.get("val_acc_best"),
     }
+    # What the final stage actually trained with (batch_size is global; see tgp.training).
+    row["world_size"] = final.get("world_size")
+    row["per_rank_batch"] = final.get("per_rank_batch")
     for stage, r in res.items():
         row[f"epochs_{stage}"] = r.get("epochs")
         row[f"seconds_{stage}"] = r.get("seconds")
     # The student's own training budget (a loaded teacher costs nothing; a trained one is counted).
     row["epochs_total"] = sum((r.get("epochs") or 0) for r in res.values())
     row["seconds_total"] = sum((r.get("seconds") or 0.0) for r in res.values())
-    row["stages_skipped"] = list(runner.skipped)
+    row["stages_skipped"] = list(job.stages.skipped)
     return row
 
 
@@ -68,12 +74,12 @@ def summary_table(row: dict, run_dir: Path) -> str:
         (f"retrained{variant}, last epoch", row.get("top1_last"), row.get("measured_sparsity")),
         (f"retrained{variant}, best val epoch", row.get("top1_best_val"), row.get("measured_sparsity")),
     ]
-    out = [f"tgp {row['method']} on {row['dataset']} / {row['model']}  (seed {row['seed']}, run {run_dir})",
+    out = [f"{row['method']} on {row['dataset']} / {row['model']}  (seed {row['seed']}, run {run_dir})",
            f"{'model':<38}{'test top-1 %':>14}{'sparsity %':>12}"]
     out += [f"{name:<38}{_pct(acc):>14}{_pct(sp) if sp is not None else '0.00':>12}" for name, acc, sp in lines]
     out.append(
         f"target sparsity {_pct(row['target_sparsity'])}%, measured {_pct(row['measured_sparsity'])}% of prunable weights "
-        f"({_pct(row['measured_sparsity_all'])}% of all); nonzero params {row['params_nonzero']:,} / {row['params_total']:,}; "
+        f"({_pct(row['sparsity_all'])}% of all parameters); nonzero params {row['params_nonzero']:,} / {row['params_total']:,}; "
         f"FLOPs {row['flops_nonzero']:,} nonzero / {row['flops_dense']:,} dense "
         f"({row['theoretical_speedup']:.2f}x theoretical); {row['epochs_total']} epochs, {row['seconds_total']:.1f} s"
     )

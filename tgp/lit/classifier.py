@@ -100,6 +100,7 @@ class ClassifierModule(L.LightningModule):
         self.teacher_acc = MulticlassAccuracy(n, average="micro")
         self._teacher_logged = False
         self.mask_buffers: MaskBuffers | None = None
+        self.mask_version = 0  # bumped on every mask change; the MaskEnforcer re-binds when it moves
         if mask is not None:
             self.set_mask(mask)
 
@@ -114,6 +115,24 @@ class ClassifierModule(L.LightningModule):
         device = next(self.net.parameters()).device
         self.mask_buffers = MaskBuffers(mask).to(device)
         apply_mask(self.net, self.mask)
+        self.mask_version += 1
+
+    @torch.no_grad()
+    def update_mask(self, mask: Mask) -> None:
+        """Replace the mask in place (same buffers, so checkpoints keep it) and zero newly pruned weights."""
+        if self.mask_buffers is None:
+            self.set_mask(mask)
+            return
+        for name, buf in self.mask.items():
+            buf.copy_(mask[name].to(buf.device))
+        apply_mask(self.net, self.mask)
+        self.mask_version += 1
+
+    def objective(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The training objective as a ``loss_fn(model, x, y)`` (scores differentiate it):
+        ``criterion(model(x), y, teacher(x))`` — ``α·CA-KLD + (1−α)·CE`` under a teacher, CE without."""
+        teacher_logits = self.teacher(x) if self.teacher is not None and self.criterion.kd_weight > 0 else None
+        return self.criterion(model(x), y, teacher_logits)[0]
 
     # -- modes ------------------------------------------------------------------------------
     def train(self, mode: bool = True):

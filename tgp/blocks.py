@@ -1,0 +1,211 @@
+"""The stage kinds several methods share, and the builders their stage functions use.
+
+Kinds (see :class:`tgp.stages.StageKind`): ``init`` (the seeded initialization), ``teacher``
+(CE training or a loaded checkpoint), ``kd_pretrain`` (α·CA-KLD + (1−α)·CE under the frozen
+teacher), ``prune`` (one-shot global pruning with a score), ``retrain`` (fixed mask, ±KD).
+Each stage function reads its settings from the view it is given (``fn(folder, cfg)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tgp.distill.losses import DistillationLoss, estimate_dataset_confidence
+from tgp.io import atomic_save_json, atomic_torch_save
+from tgp.lit import ClassifierModule
+from tgp.pruning.callbacks import OneShotPruning
+from tgp.pruning.mask import Mask, apply_mask, load_mask, save_mask, sparsity_report
+from tgp.stages import StageKind
+from tgp.training import load_net_weights
+
+log = logging.getLogger("tgp")
+
+INIT = StageKind("init", reads=("model",))
+TEACHER = StageKind("teacher", reads=("teacher",))
+KD_PRETRAIN = StageKind("kd_pretrain", reads=("model", "distill", "kd_pretrain"))
+ONE_SHOT_PRUNE = StageKind("prune", reads=("model", "pruning", "method", "distill"))
+RETRAIN = StageKind("retrain", reads=("model", "retrain", "distill"))
+
+LossFn = Callable  # (model, x, y) -> scalar loss
+
+
+# -- builders ----------------------------------------------------------------------------------
+def channels_last(cfg: DictConfig) -> bool:
+    value = cfg.channels_last
+    if value == "auto":  # NHWC convolutions are faster on GPUs with tensor cores, slower on CPUs
+        return str(cfg.trainer.accelerator) in ("gpu", "cuda")
+    return bool(value)
+
+
+def build_net(job, node: DictConfig, seed_offset: int = 0) -> torch.nn.Module:
+    """Instantiate a network for the data's class count and channels, seeded (same init in every run)."""
+    L.seed_everything(int(job.cfg.seed) + seed_offset, workers=True, verbose=False)
+    return instantiate(node, num_classes=job.dm.num_classes, in_channels=job.dm.in_channels)
+
+
+def load_weights(job, node: DictConfig, path: Path) -> torch.nn.Module:
+    net = build_net(job, node)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net
+
+
+def load_stage_net(job, node: DictConfig, stage: str) -> torch.nn.Module:
+    return load_weights(job, node, job.stage_path(stage, "net.pt"))
+
+
+def make_module(job, net, criterion, stage: str, epochs: int, lr: float, module_cls=ClassifierModule,
+                **kw) -> ClassifierModule:
+    """A LightningModule of the running stage: its optimizer and schedule come from the stage's view."""
+    cfg = job.cfg
+    return module_cls(
+        net, criterion, stage=stage, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        lr=float(lr), epochs=int(epochs), schedule=kw.pop("schedule", None) or OmegaConf.to_container(cfg.schedule),
+        channels_last=channels_last(cfg), num_classes=job.dm.num_classes, **kw,
+    )
+
+
+def ce_loss() -> DistillationLoss:
+    return DistillationLoss(kd_weight=0.0)
+
+
+def kd_loss(d: DictConfig, confidence: float | None = None) -> DistillationLoss:
+    """``α·KD + (1−α)·CE`` from the ``distill`` node (with the dataset confidence β when known)."""
+    loss = DistillationLoss(
+        kd_weight=float(d.kd_weight), temperature=float(d.temperature), kind=str(d.kind),
+        standardize=bool(d.standardize), confidence=str(d.confidence),
+    )
+    if loss.needs_dataset_confidence and confidence is not None:
+        loss.set_dataset_confidence(confidence)
+    return loss
+
+
+def teacher_guided_loss(criterion: DistillationLoss, teacher: torch.nn.Module) -> LossFn:
+    """``loss_fn(model, x, y) = criterion(model(x), y, teacher(x))``: the TGP objective as a score loss."""
+
+    def loss_fn(model, x, y):
+        return criterion(model(x), y, teacher(x) if criterion.kd_weight > 0 else None)[0]
+
+    return loss_fn
+
+
+# -- stages ------------------------------------------------------------------------------------
+def init_stage(job) -> None:
+    """Save the seeded initialization ``build_net(model)`` as ``init/net.pt``: what at-init methods
+    prune and what iterative methods rewind to."""
+
+    def run(folder: Path, cfg: DictConfig) -> dict:
+        atomic_torch_save(build_net(job, cfg.model).state_dict(), folder / "net.pt")
+        return {"epochs": 0}
+
+    job.run(INIT, run)
+
+
+def teacher_stage(job) -> torch.nn.Module:
+    """Train the dense teacher with CE, or load ``teacher.checkpoint``; returns the teacher network."""
+
+    def run(folder: Path, cfg: DictConfig) -> dict:
+        net = build_net(job, cfg.teacher.net, seed_offset=1000)
+        if cfg.teacher.checkpoint:
+            load_net_weights(net, cfg.teacher.checkpoint, "teacher.checkpoint")
+            atomic_torch_save(net.state_dict(), folder / "net.pt")
+            return {"epochs": 0, "loaded_from": str(cfg.teacher.checkpoint), "top1_last": job.training.evaluate(net)}
+        t = cfg.teacher
+        module = make_module(job, net, ce_loss(), "teacher", t.epochs, t.lr)
+        return job.training.fit("teacher", folder, module, int(t.epochs))
+
+    job.run(TEACHER, run)
+    return load_stage_net(job, job.cfg.teacher.net, "teacher")
+
+
+def kd_pretrain_stage(job, teacher) -> float | None:
+    """Train the dense student under the frozen teacher with ``α·CA-KLD + (1−α)·CE``; returns β."""
+
+    def run(folder: Path, cfg: DictConfig) -> dict:
+        loss = kd_loss(cfg.distill)
+        extra = {}
+        if loss.needs_dataset_confidence:
+            device = job.training.device()
+            beta = estimate_dataset_confidence(
+                teacher.to(device).eval(), job.dm.score_dataloader(), temperature=loss.temperature,
+                standardize=loss.standardize, device=device,
+            )
+            loss.set_dataset_confidence(beta)
+            extra["teacher_confidence"] = beta
+        k = cfg.kd_pretrain
+        module = make_module(job, build_net(job, cfg.model), loss, "kd_pretrain", k.epochs, k.lr, teacher=teacher)
+        return {**job.training.fit("kd_pretrain", folder, module, int(k.epochs)), **extra}
+
+    return job.run(KD_PRETRAIN, run, parent="teacher").get("teacher_confidence")
+
+
+def use_given_mask(job, cfg: DictConfig, net, folder: Path) -> dict:
+    """``pruning.mask``: a given mask replaces the score; checked against the model, saved as the stage's mask."""
+    p = cfg.pruning
+    mask = load_mask(p.mask, net)
+    save_mask(mask, folder / "mask.pt")
+    atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask)},
+                     folder / "sparsity_report.json")
+    apply_mask(net, mask)
+    return {"epochs": 0, "mask_from": str(p.mask), "top1_pruned": job.training.evaluate(net)}
+
+
+def prune_stage(job, *, source: str, score: str, make_loss: Callable[[DictConfig], LossFn] | None = None,
+                kind: StageKind = ONE_SHOT_PRUNE) -> dict:
+    """One-shot global pruning of the network trained by stage ``source`` (:class:`OneShotPruning`).
+
+    ``score`` is ``gradient`` (``|θ ⊙ ∇θ L|``, ``L = make_loss(view)``, CE when None),
+    ``magnitude`` or ``random``. Runs ``trainer.validate`` with the callback, so the pruned
+    network's validation accuracy is measured by the same Trainer (and DDP processes) that pruned it.
+    """
+
+    def run(folder: Path, cfg: DictConfig) -> dict:
+        net = load_stage_net(job, cfg.model, source)
+        p = cfg.pruning
+        if p.mask:
+            return use_given_mask(job, cfg, net, folder)
+        module = make_module(job, net, ce_loss(), "prune", 1, 0.0)
+        callback = OneShotPruning(
+            sparsity=float(p.sparsity), out_dir=folder, score=score, score_batches=int(p.score_batches),
+            accumulate=str(p.accumulate), exclude=list(p.exclude), min_layer_density=float(p.min_layer_density),
+            seed=int(cfg.seed), loss_fn=make_loss(cfg) if make_loss is not None else None,
+        )
+        metrics = job.training.trainer("prune", folder, callbacks=[callback]).validate(
+            module, datamodule=job.dm, verbose=False)
+        apply_mask(net, load_mask(folder / "mask.pt", net))
+        val = metrics[0].get("prune/val/acc") if metrics else None
+        return {"epochs": 0, "val_acc_pruned": None if val is None else float(val),
+                "top1_pruned": job.training.evaluate(net)}
+
+    return job.run(kind, run, parent=source)
+
+
+def retrain_stage(job, *, source: str, teacher=None, confidence: float | None = None) -> dict:
+    """Sparse retraining of stage ``source``'s weights with the fixed mask of ``prune``; KD or CE per ``retrain.kd``."""
+
+    def run(folder: Path, cfg: DictConfig) -> dict:
+        use_kd = bool(cfg.retrain.kd) and teacher is not None
+        net = load_stage_net(job, cfg.model, source)
+        mask = load_mask(job.stage_path("prune", "mask.pt"), net)
+        criterion = kd_loss(cfg.distill, confidence) if use_kd else ce_loss()
+        r = cfg.retrain
+        module = make_module(job, net, criterion, "retrain", r.epochs, r.lr, teacher=teacher if use_kd else None,
+                             mask=mask)
+        return {**job.training.fit("retrain", folder, module, int(r.epochs)), "kd": use_kd}
+
+    return job.run(RETRAIN, run, parent="prune")
+
+
+def train_masked(job, stage: str, folder: Path, start: Path, mask: Mask | None, epochs: int, lr: float,
+                 datamodule=None) -> dict:
+    """Train the weights at ``start`` with ``mask`` (CE, no teacher) for ``epochs``; result of ``Training.fit``."""
+    net = load_weights(job, job.cfg.model, start)
+    L.seed_everything(int(job.cfg.seed), workers=True, verbose=False)
+    module = make_module(job, net, ce_loss(), stage, epochs, lr, mask=mask)
+    return job.training.fit(stage, folder, module, int(epochs), datamodule=datamodule)

@@ -1,0 +1,134 @@
+"""Views of a job's datamodule that some methods train on: indexed items, class subsets, SD loaders."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tgp.data.samplers import ClassPairBatchSampler, DLBBatchSampler
+from tgp.distill.self_distill import check_regime
+from tgp.errors import ConfigError
+
+SD_REGIMES = ("pskd", "dlb", "cskd")
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Labels of a dataset: read off the wrapped dataset's ``targets`` at ``indices`` when there are
+    both (a ``TransformedSubset``), else by loading every item."""
+    source, indices = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+    targets = getattr(source, "targets", None) if source is not None else None
+    if targets is not None and indices is not None:
+        return np.asarray(targets)[np.asarray(indices)]
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+class IndexedDataset(Dataset):
+    """Items ``(x, y, i)``: the wrapped dataset's item and its position ``i`` (for per-sample state)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        return x, y, i
+
+
+class _Indexed(Dataset):
+    def __init__(self, dataset: Dataset, indices: np.ndarray):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[int(self.indices[i])]
+
+
+class ClassSubsetDataModule(L.LightningDataModule):
+    """The train/val/test samples of ``classes`` only, reusing ``base``'s datasets and loader settings.
+
+    Labels keep their original index (the network keeps all its outputs).
+    """
+
+    def __init__(self, base, classes):
+        super().__init__()
+        base._require_setup() if hasattr(base, "_require_setup") else base.setup("fit")
+        self.base, self.classes = base, sorted(int(c) for c in classes)
+        self.name = f"{base.name}[{','.join(map(str, self.classes))}]"
+        self.num_classes, self.in_channels, self.image_size = base.num_classes, base.in_channels, base.image_size
+        self.batch_size = base.batch_size
+        self.eval_batch_size = getattr(base, "eval_batch_size", base.batch_size)
+        self.data_train = self._only(base.data_train)
+        self.data_val = self._only(base.data_val)
+        self.data_test = self._only(base.data_test)
+        self.data_score = self._only(base.data_score)
+        if len(self.data_train) == 0:
+            raise ConfigError("data", base.name, f"the training split holds no sample of classes {self.classes}.",
+                              "use more training data (data.limit_train).")
+
+    def _only(self, dataset: Dataset) -> Dataset:
+        labels = dataset_labels(dataset)
+        return _Indexed(dataset, np.flatnonzero(np.isin(labels, self.classes)))
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, generator=None) -> DataLoader:
+        b = self.base
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=b.num_workers, pin_memory=b.pin_memory,
+                          persistent_workers=b.persistent_workers, generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data_train, self.batch_size, True, drop_last=len(self.data_train) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data_val, self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test, self.eval_batch_size, False)
+
+    def score_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        generator = torch.Generator().manual_seed(int(getattr(self.base, "score_seed", 0)))
+        return self._loader(self.data_score, batch_size or self.eval_batch_size, True, generator=generator)
+
+
+class SelfDistillData(L.LightningDataModule):
+    """The run's datamodule with a train loader for an SD regime: items ``(x, y, index)``;
+    PS-KD shuffles like the base loader, DLB and CS-KD use their batch samplers. The other
+    loaders are the base datamodule's."""
+
+    def __init__(self, base, regime: str):
+        super().__init__()
+        self.base, self.regime = base, check_regime(regime)
+        for attr in ("name", "num_classes", "in_channels", "image_size"):
+            setattr(self, attr, getattr(base, attr))
+
+    def setup(self, stage: str | None = None) -> None:
+        self.base.setup(stage)
+
+    @property
+    def num_train(self) -> int:
+        return self.base.num_train
+
+    def train_dataloader(self) -> DataLoader:
+        b = self.base
+        b.setup("fit")
+        ds = IndexedDataset(b.data_train)
+        kw = dict(num_workers=b.num_workers, pin_memory=b.pin_memory, persistent_workers=b.persistent_workers)
+        if self.regime == "pskd":
+            return DataLoader(ds, batch_size=b.batch_size, shuffle=True, drop_last=len(ds) > b.batch_size, **kw)
+        if self.regime == "dlb":
+            return DataLoader(ds, batch_sampler=DLBBatchSampler(len(ds), b.batch_size), **kw)
+        return DataLoader(ds, batch_sampler=ClassPairBatchSampler(dataset_labels(b.data_train), b.batch_size), **kw)
+
+    def val_dataloader(self):
+        return self.base.val_dataloader()
+
+    def test_dataloader(self):
+        return self.base.test_dataloader()
+
+    def score_dataloader(self, batch_size: int | None = None):
+        return self.base.score_dataloader(batch_size)
