@@ -18,7 +18,7 @@ class ConfigError(TGPError):
     """A setting has a value that cannot work."""
 
     def __init__(self, setting: str, value: object, problem: str, fix: str):
-        self.setting, self.value = setting, value
+        self.setting, self.value, self.problem, self.fix = setting, value, problem, fix
         super().__init__(f"{setting}={value!r}: {problem} Fix: {fix}")
 
 

@@ -28,11 +28,24 @@ def prunable_parameters(model: nn.Module, exclude: list[str] | tuple[str, ...] =
     candidates = {name: mod for name, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))}
     for pattern in exclude:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in candidates):
+            import difflib
+
+            names = [n for n in candidates if n]
+            deep = [n for n in names if n.count(".") >= 2]
+            middle = deep or names
+            examples = list(dict.fromkeys(names[:1] + middle[len(middle) // 2:][:1] + names[-1:]))
+            last = (deep or [n for n in names if "." in n] or [""])[-1]
+            glob = ".".join(last.split(".")[: 2 if last.count(".") >= 2 else 1]) + ".*" if last else None
+            glob = glob if glob and any(fnmatch.fnmatchcase(n, glob) for n in names) else None
+            close = difflib.get_close_matches(str(pattern), names, n=1, cutoff=0.6)
             raise ConfigError(
                 "pruning.exclude",
                 pattern,
-                "this pattern matches no Conv2d/Linear module of the model.",
-                f"use module names such as {', '.join(list(candidates)[:3])} or a glob like 'layer4.*'.",
+                f"this pattern matches no Conv2d/Linear module of the model ({type(model).__name__}, "
+                f"{len(candidates)} such modules); patterns are shell-style globs matched against whole module names.",
+                (f"did you mean {close[0]}? " if close else "")
+                + f"use module names such as {', '.join(examples)}"
+                + (f", or a glob such as '{glob}'" if glob else "") + ".",
             )
     return {
         f"{name}.weight" if name else "weight": mod.weight

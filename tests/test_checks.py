@@ -1,0 +1,206 @@
+"""Every bad setting is refused before any work: exit code 2, one paragraph naming the setting and the fix,
+no traceback, and no stage folder.
+
+Two layers: :func:`tgp.run.precheck` (the command line against the config tree, output folders, the
+device; before Hydra creates anything) and :func:`tgp.checks.validate_job` (the method's stages and
+epoch counts, the mask file, the batch split; before the first stage). Each CLI call here fails
+before training, so it costs the start-up of the process only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import ROOT, run_cli
+from tgp.errors import CheckpointMismatchError, ConfigError, TGPError
+
+
+def assert_refused(proc, tmp_path: Path, *needles: str, nothing_written: bool = False) -> None:
+    """Exit 2, our one paragraph, no stage folder (and with ``nothing_written``, not even a run folder)."""
+    err = proc.stderr
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{err[-3000:]}"
+    assert "Traceback" not in err and "To append to your config use" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("tgp: error: ")]
+    assert len(lines) == 1 and " Fix: " in lines[0], err[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    stages = tmp_path / "stages"
+    assert not stages.exists() or not any(stages.iterdir()), list(stages.iterdir())
+    assert not (tmp_path / "run" / "teacher").exists() and not list(tmp_path.rglob("result.json"))
+    if nothing_written:
+        assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def run_bare(args: list[str], tmp_path: Path):
+    """Like ``run_cli``, but ``args`` come last (so they win) and no ``hydra.run.dir`` is added."""
+    import subprocess
+
+    flags = [a for a in args if a == "-m"]
+    cmd = [sys.executable, "-m", "tgp.run", *flags, f"paths.log_dir={tmp_path}", "progress_bar=false",
+           *[a for a in args if a != "-m"]]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+
+
+# -- before Hydra: the command line, the output folders, the device ---------------------------------
+@pytest.mark.parametrize("args, needles", [
+    (["method=foo"], ["method='foo'", "ce_grad", "tgp", "imp"]),
+    (["model=foo"], ["model='foo'", "resnet20_tiny"]),
+    (["model=resnet20_tin"], ["model='resnet20_tin'", "did you mean model=resnet20_tiny?"]),
+    (["prunning.sparsity=0.5"], ["prunning.sparsity=0.5", "did you mean pruning.sparsity=0.5?", "closed"]),
+    (["pruning.sparsty=0.5"], ["pruning.sparsty=0.5", "did you mean pruning.sparsity=0.5?"]),
+    (["+prunning.sparsity=0.5"], ["prunning.sparsity=0.5", "did you mean pruning.sparsity=0.5?", "nothing in tgp reads"]),
+    (["pruning.sparsity=[0.5"], ["pruning.sparsity='[0.5'", "cannot parse"]),
+    (["pruning.sparsity=0.5,0.9"], ["pruning.sparsity='0.5,0.9'", "-m"]),
+    (["-m", "method=tgp,foo", "pruning.sparsity=0.5,0.9"], ["method='foo'", "ce_grad"]),
+])
+def test_command_line_refused_before_hydra(args, needles, tmp_path):
+    assert_refused(run_cli(["experiment=smoke", *args] if args[0] != "-m" else [*args, "experiment=smoke"],
+                           tmp_path, check=False), tmp_path, *needles, nothing_written=True)
+
+
+def test_unwritable_folders(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    cases = [
+        (["hydra.run.dir=/proc/nope"], "hydra.run.dir='/proc/nope'"),
+        ([f"hydra.run.dir={afile}/run"], "is a file"),
+        (["paths.stage_store=/proc/nope"], "paths.stage_store='/proc/nope'"),
+        (["-m", "paths.log_dir=/proc/nope", "pruning.sparsity=0.5,0.9"], "paths.log_dir='/proc/nope'"),
+    ]
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        cases.append(([f"paths.stage_store={ro}/stages"], "not writable"))
+    for args, needle in cases:
+        proc = run_bare(["experiment=smoke", *args], tmp_path)
+        assert_refused(proc, tmp_path, needle, nothing_written=True)
+    assert not Path("/proc/nope").exists() and not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without CUDA")
+@pytest.mark.parametrize("trainer, fix", [("ddp", "trainer=ddp_sim"), ("gpu", "trainer=cpu")])
+def test_gpu_trainer_without_cuda(trainer, fix, tmp_path):
+    proc = run_cli(["experiment=smoke", f"trainer={trainer}"], tmp_path, check=False)
+    assert_refused(proc, tmp_path, "trainer.accelerator='gpu'", fix, nothing_written=True)
+
+
+def test_precheck_leaves_good_command_lines_alone(tmp_path, monkeypatch):
+    from tgp.run import precheck
+
+    monkeypatch.chdir(tmp_path)
+    for argv in (["experiment=smoke", "pruning.sparsity=0.7", f"hydra.run.dir={tmp_path}/r"],
+                 ["--cfg", "job", "hydra.run.dir=/proc/nope", "+trainer.max_time=00:00:10:00"],  # --cfg needs no folder
+                 ["-m", "hydra/launcher=slurm", "trainer=ddp", "method=tgp,imp", "pruning.sparsity=0.5,0.9"],
+                 ["-m", "sweep=ladder_a", "method=glob(*)", "++trainer.strategy=ddp_spawn"],
+                 ["--help"], ["--version"]):
+        precheck(argv)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "r").exists()  # a check writes nothing
+
+
+def test_sweep_option_without_the_swept_key_is_named(tmp_path, monkeypatch):
+    from tgp.run import precheck
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"method.rate=0.3: \(in the sweep's jobs with method=tgp\)"):
+        precheck(["-m", "method=tgp,imp", "method.rate=0.3"])
+    with pytest.raises(TGPError, match=r"^~pruning.sparsty: .*did you mean ~pruning.sparsity\?"):
+        precheck(["~pruning.sparsty"])
+
+
+# -- before the first stage: validate_job ------------------------------------------------------------
+@pytest.mark.parametrize("args, needles", [
+    (["retrain.epochs=-1"], ["retrain.epochs=-1", "at least 1"]),
+    (["teacher.epochs=-1"], ["teacher.epochs=-1", "teacher.checkpoint"]),
+    (["stop_after=prun"], ["stop_after='prun'", "teacher, kd_pretrain, prune, retrain", "did you mean stop_after=prune?"]),
+    (["trainer=ddp_sim", "data.batch_size=33"], ["data.batch_size=33", "2"]),
+])
+def test_job_settings_refused_before_the_first_stage(args, needles, tmp_path):
+    assert_refused(run_cli(["experiment=smoke", *args], tmp_path, check=False), tmp_path, *needles)
+
+
+def test_mask_of_another_model_refused_before_training(tmp_path):
+    from tgp.models import build_model
+    from tgp.pruning.mask import prunable_parameters, save_mask
+
+    other = build_model("resnet18", num_classes=10, in_channels=1, width=8)
+    save_mask({n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(other).items()}, tmp_path / "m.pt")
+    proc = run_cli(["experiment=smoke", f"pruning.mask={tmp_path}/m.pt"], tmp_path, check=False)
+    assert_refused(proc, tmp_path, "pruning.mask=", "does not fit")
+
+
+def test_exclude_advice_names_real_modules(tmp_path):
+    proc = run_cli(["experiment=smoke", "pruning.exclude=[layer4.*]"], tmp_path, check=False)
+    assert_refused(proc, tmp_path, "pruning.exclude='layer4.*'", "conv1", "fc", "'layers.2.*'")
+
+
+# -- validate_job in process, with the registered specs -----------------------------------------------
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    from conftest import compose_cfg
+    from tgp.models import build_model
+
+    cfg = compose_cfg(["experiment=smoke"], tmp_path_factory.mktemp("cfg"))
+    return cfg, build_model("resnet20", num_classes=10, in_channels=1, width=4)
+
+
+def with_(cfg, **dotted):
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for key, value in dotted.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value, force_add=True)
+    return cfg
+
+
+@pytest.mark.parametrize("method, changes, match", [
+    ("tgp", {"kd_pretrain__epochs": 0}, r"kd_pretrain.epochs=0"),
+    ("tgp", {"teacher__epochs": 2.5}, r"teacher.epochs=2.5: .*whole number"),
+    ("imp", {"retrain__epochs": 0}, r"retrain.epochs=0: .*method.epochs_per_round"),
+    ("imp", {"stop_after": "imp_round"}, r"imp_round_NN.*did you mean stop_after=imp_round_01"),
+    ("tgp", {"pruning__sparsity": 1.0}, r"pruning.sparsity=1.0"),
+    ("tgp", {"trainer__strategy": "ddp_spawn", "trainer__devices": 3, "data__batch_size": 32}, r"data.batch_size=32"),
+    ("sdp", {"pruning__mask": "x.pt"}, r"pruning.mask='x.pt': method sdp computes its own masks"),
+])
+def test_validate_job(smoke, method, changes, match):
+    from tgp.checks import validate_job
+    from tgp.methods import get_method
+
+    cfg, student = smoke
+    spec = get_method(method)
+    if method != "tgp":  # the method node of another method, as `method=<name>` composes it
+        from conftest import CONF
+
+        cfg = with_(cfg, method=OmegaConf.load(CONF / "method" / f"{method}.yaml"))
+    validate_job(with_(cfg), spec, None, student)  # the smoke config itself passes
+    with pytest.raises(ConfigError, match=match):
+        validate_job(with_(cfg, **changes), spec, None, student)
+
+
+def test_validate_job_accepts_stop_after_a_round_and_a_loaded_teacher(smoke):
+    from tgp.checks import validate_job
+    from tgp.methods import get_method
+
+    cfg, student = smoke
+    validate_job(with_(cfg, teacher__epochs=0, teacher__checkpoint="t.pt", stop_after="prune"), get_method("tgp"), None,
+                 student)
+    assert get_method("imp").has_stage("imp_round_03")
+
+
+def test_mask_file_checks(smoke, tmp_path):
+    from tgp.checks import check_mask
+    from tgp.methods import get_method
+
+    cfg, student = smoke
+    (tmp_path / "junk.pt").write_text("junk")
+    for name, match in (("nope.pt", "does not exist"), ("junk.pt", "cannot be read as a mask")):
+        with pytest.raises(CheckpointMismatchError, match=rf"^pruning.mask='[^']*{name}': .*{match}.* Fix: "):
+            check_mask(with_(cfg, pruning__mask=str(tmp_path / name)), get_method("tgp"), student)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
