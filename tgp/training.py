@@ -2,32 +2,53 @@
 
 Nothing here knows about stage addressing (that is :mod:`tgp.stages`); a stage function calls
 ``Training.fit`` with the folder :class:`~tgp.stages.StageRunner` gave it.
+
+**Exact resume.** ``fit`` writes ``last.ckpt`` at the end of every epoch (after its validation)
+and resumes from it, and the randomness of every training epoch is a function of
+``(seed, stage, epoch, rank)`` only (:class:`EpochSeed`), so a stage killed at any point and
+re-run ends with the same weights as one that was never interrupted. SIGTERM and SIGUSR1
+(SLURM's preemption warnings) stop the stage at the next batch; at most one epoch is redone.
+Each attempt logs to ``logs/attempt_<k>/metrics.csv``; ``metrics.csv`` is their merge, every
+epoch exactly once.
+
+**Hardware-independent meaning.** ``data.batch_size`` is the global batch (split over the DDP
+ranks by the datamodule) and BatchNorm statistics are synchronized over the ranks whenever
+there is more than one, so a stage means the same experiment on 1 or 8 processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import csv
+import io
+import json
 import logging
+import random
+import signal
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+import torch.distributed as dist
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
+from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from tgp.data.base import mix_seed, per_rank_batch
 from tgp.errors import CheckpointMismatchError
-from tgp.io import atomic_torch_save
+from tgp.io import atomic_torch_save, atomic_write_bytes
 
 log = logging.getLogger("tgp")
 
 
 class Training:
     """Trainers, fits and evaluations of one job's stages (``cfg``: the job's full config, read for
-    infrastructure only — trainer, loggers, progress bar; ``dm``: the job's datamodule)."""
+    infrastructure only — trainer, loggers, progress bar, seed; ``dm``: the job's datamodule)."""
 
     def __init__(self, cfg: DictConfig, dm, clock=None):
         self.cfg, self.dm = cfg, dm
@@ -38,42 +59,90 @@ class Training:
         accel = str(OmegaConf.select(self.cfg, "trainer.accelerator", default="cpu"))
         return torch.device("cuda" if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
 
-    def trainer(self, stage: str, folder: Path, *, max_epochs: int | None = None, callbacks=(), **kw) -> L.Trainer:
-        loggers = make_loggers(self.cfg, stage, folder)
+    def trainer(self, stage: str, folder: Path, *, max_epochs: int | None = None, callbacks=(),
+                log_version: str | None = None, **kw) -> L.Trainer:
+        """A Trainer for ``stage`` writing under ``folder``; under DDP BatchNorm is always synchronized.
+
+        ``log_version``: the CSV logger's sub-folder of ``folder`` (``None``: ``folder`` itself).
+        """
+        loggers = make_loggers(self.cfg, stage, folder, version=log_version)
         cbs = list(callbacks)
         if OmegaConf.select(self.cfg, "trainer.enable_progress_bar", default=True):
             from lightning.pytorch.callbacks import RichProgressBar
 
             cbs.append(RichProgressBar())
-        return instantiate(
-            self.cfg.trainer, max_epochs=max_epochs, callbacks=cbs, logger=loggers or False,
-            default_root_dir=str(folder), **kw,
-        )
+        args = dict(max_epochs=max_epochs, callbacks=cbs, logger=loggers or False, default_root_dir=str(folder), **kw)
+        trainer = instantiate(self.cfg.trainer, **args)
+        if trainer.world_size > 1:
+            # The global batch is split over the ranks, so per-rank BatchNorm statistics would come
+            # from batch/world samples: synchronize them whatever the config says, so one stage
+            # means the same experiment on 1 or 8 processes. torch's SyncBatchNorm is GPU-only;
+            # on CPUs (ddp_sim) an all-reduce BatchNorm does the same.
+            from lightning.pytorch.accelerators import CPUAccelerator
+
+            if isinstance(trainer.accelerator, CPUAccelerator):
+                plugins = [*(args.pop("plugins", None) or []), AllReduceBatchNormSync()]
+                trainer = instantiate(self.cfg.trainer, **args, sync_batchnorm=False, plugins=plugins)
+            elif not isinstance(trainer.strategy._layer_sync, TorchSyncBatchNorm):
+                trainer = instantiate(self.cfg.trainer, **args, sync_batchnorm=True)
+        return trainer
 
     def fit(self, stage: str, folder: Path, module, epochs: int, callbacks=(), datamodule=None) -> dict:
-        """Fit ``module`` for ``epochs`` (resuming from ``last.ckpt``); test the last and the best-val weights."""
+        """Fit ``module`` for ``epochs``, resuming from ``last.ckpt``; test the last and the best-val weights.
+
+        Returns ``epochs``, ``top1_last``, ``top1_best_val``, ``val_acc_best``, and what it trained
+        with: ``world_size`` and ``per_rank_batch``. A SIGTERM/SIGUSR1 raises ``SystemExit`` after
+        the current batch (``last.ckpt`` keeps the last finished epoch).
+        """
         from tgp.pruning.enforcer import MaskEnforcer
 
+        folder = Path(folder)
         dm = datamodule if datamodule is not None else self.dm
-        ckpt = ModelCheckpoint(
+        seed = int(OmegaConf.select(self.cfg, "seed", default=0) or 0)
+        if hasattr(dm, "shuffle_seed"):  # a different training order per stage, fixed per (seed, stage)
+            dm.shuffle_seed = mix_seed("shuffle", seed, stage) % 2**31
+        logs = folder / "logs"
+        attempt = 1 + max((int(p.name.split("_")[-1]) for p in logs.glob("attempt_*") if p.name.split("_")[-1].isdigit()),
+                          default=0)
+        best = ModelCheckpoint(
             dirpath=folder, filename="best", monitor=f"{stage}/val/acc", mode="max",
-            save_last=True, save_top_k=1, enable_version_counter=False,
+            save_top_k=1, enable_version_counter=False,
         )
-        trainer = self.trainer(stage, folder, max_epochs=epochs, callbacks=[ckpt, MaskEnforcer(), *callbacks])
-        last = folder / "last.ckpt"
-        if last.exists():
-            log.info("stage %s: resuming from %s", stage, last)
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
+        last = EpochEndCheckpoint(folder / "last.ckpt", attempts=self.clock())
+        signals = PreemptionSignals()
+        trainer = self.trainer(
+            stage, folder, max_epochs=epochs, log_version=f"attempt_{attempt}",
+            callbacks=[EpochSeed(seed, stage), AttemptLog(logs / f"attempt_{attempt}"), best, last,
+                       MaskEnforcer(), signals, *callbacks],
+        )
+        batch = per_rank_batch(int(dm.batch_size), trainer.world_size)  # before any process starts
+        ckpt = folder / "last.ckpt"
+        if ckpt.exists():
+            done = int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1  # completed
+            log.info("stage %s: resuming from last.ckpt at epoch %d (%d of %d epochs done)", stage, done, done, epochs)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
+        except SystemExit as e:  # Lightning's SIGTERMException: a SIGTERM or SIGUSR1 arrived
+            signum = signals.received or signal.SIGTERM
+            log.warning("stage %s preempted at epoch %d (%s): last.ckpt keeps its %d finished epochs; re-run the "
+                        "same command to resume", stage, trainer.current_epoch, signal.Signals(signum).name,
+                        trainer.current_epoch)
+            # The shell's convention for "ended by a signal" (Lightning's exception exits 0); a
+            # SystemExit still, so StageRunner records the attempt as preempted.
+            raise type(e)(128 + int(signum)) from None
+        finally:
+            merge_attempt_metrics(logs, folder / "metrics.csv")
         net = module.net
-        result = {"epochs": epochs, "top1_last": self.evaluate(net)}
-        best_path = Path(ckpt.best_model_path) if ckpt.best_model_path else None
+        result = {"epochs": epochs, "world_size": int(trainer.world_size), "per_rank_batch": batch,
+                  "top1_last": self.evaluate(net)}
+        best_path = Path(best.best_model_path) if best.best_model_path else None
         if best_path and best_path.exists():
             state = torch.load(best_path, map_location="cpu", weights_only=False)
             best_net = copy.deepcopy(net)
             best_net.load_state_dict(strip_prefix(state["state_dict"], "net."))
             result["top1_best_val"] = self.evaluate(best_net)
             score = next((v.get("best_model_score") for k, v in state.get("callbacks", {}).items()
-                          if k.startswith("ModelCheckpoint")), None)
+                          if k.startswith("ModelCheckpoint") and v.get("monitor")), None)
             result["val_acc_best"] = float(score) if score is not None else None
         else:  # no validation ran (e.g. limit_val_batches=0): the last weights are all we have
             result["top1_best_val"] = result["top1_last"]
@@ -95,14 +164,225 @@ class Training:
         return float(metric.compute())
 
 
-def make_loggers(cfg: DictConfig, stage: str, folder: Path) -> list:
-    """Instantiate ``cfg.logger`` (a dict of named loggers) for one stage."""
+# -- exact resume -------------------------------------------------------------------------------
+class EpochSeed(Callback):
+    """Reseeds Python's, NumPy's and torch's global RNGs at the start of every training epoch from
+    ``(seed, stage, epoch, rank)``: whatever ran before (an earlier attempt, another stage, a
+    resume), the epoch's draws — RandomSampler orders, augmentation in the main process, dropout —
+    are the same. ``on_train_epoch_start`` runs before the epoch's first batch is drawn: Lightning
+    creates the loader iterator earlier but samplers and transforms draw lazily, on the first batch
+    (sized loaders are not prefetched)."""
+
+    def __init__(self, seed: int, stage: str):
+        self.seed, self.stage = int(seed), str(stage)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        s = mix_seed("epoch", self.seed, self.stage, trainer.current_epoch, trainer.global_rank)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+
+
+class EpochEndCheckpoint(Checkpoint):
+    """``last.ckpt`` rewritten after every training epoch (Lightning's ``save_last`` only rewrites it
+    when a top-k checkpoint is saved, i.e. when validation improved), then the stage's attempt
+    record ticked with the completed epochs (so a ``kill -9`` still counts the time up to there).
+
+    The checkpoint is taken in ``on_train_epoch_end`` after the best-val checkpoint (a
+    :class:`Checkpoint` runs after the others, in list order), the state Lightning resumes exactly,
+    but written as ``last.ckpt.pending`` and renamed to ``last.ckpt`` only when the epoch is entirely
+    over (next epoch's start, end of training, a preemption after the epoch): Lightning logs the
+    epoch's training metrics after ``on_train_epoch_end``, and a kill in between must not leave a
+    ``last.ckpt`` that skips an epoch whose row never reached metrics.csv.
+    """
+
+    def __init__(self, path: Path, attempts=None):
+        self.path = Path(path)
+        self.pending = self.path.with_name(self.path.name + ".pending")
+        self.attempts = attempts  # tgp.stages.Attempts (picklable: ddp_spawn sends it to the ranks)
+        self._pending_done: int | None = None  # completed epochs in the pending checkpoint
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.pending)  # every rank calls it, rank 0 writes (atomically: fsspec transaction)
+        self._pending_done = trainer.current_epoch + 1
+
+    def _promote(self, trainer) -> None:
+        if self._pending_done is None:
+            return
+        if trainer.is_global_zero:
+            self.pending.replace(self.path)
+            if self.attempts is not None:
+                self.attempts.tick(epoch=self._pending_done)
+        self._pending_done = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._promote(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._promote(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # A SIGTERM noticed at the end of an epoch: its metrics are logged, keep the epoch.
+        if isinstance(exception, SystemExit) and self._pending_done is not None \
+                and trainer.fit_loop.epoch_progress.current.completed >= self._pending_done:
+            self._promote(trainer)
+
+
+class AttemptLog(Callback):
+    """Writes ``start.json`` (the epoch this attempt starts from, i.e. resumed at) into the attempt's
+    log folder; :func:`merge_attempt_metrics` drops an earlier attempt's rows from there on."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.folder / "start.json", lambda f: f.write(json.dumps({"epoch": trainer.current_epoch}).encode()))
+
+
+def merge_attempt_metrics(logs: Path, out: Path) -> None:
+    """Merge ``logs/attempt_<k>/metrics.csv`` into ``out``, every epoch exactly once.
+
+    Rows of attempt ``k`` whose epoch is at or after the epoch the next attempt resumed from were
+    redone by that attempt and are dropped. Written atomically; nothing when no attempt logged.
+    """
+    attempts = sorted((p for p in Path(logs).glob("attempt_*") if p.name.split("_")[-1].isdigit()),
+                      key=lambda p: int(p.name.split("_")[-1]))
+    starts = []
+    for p in attempts:
+        start = p / "start.json"
+        starts.append(json.loads(start.read_text())["epoch"] if start.exists() else None)
+    rows, columns = [], set()
+    for i, p in enumerate(attempts):
+        if starts[i] is None or not (p / "metrics.csv").exists():  # killed before it trained
+            continue
+        cutoff = next((s for s in starts[i + 1:] if s is not None), None)
+        with open(p / "metrics.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                epoch = row.get("epoch")
+                if cutoff is not None and epoch not in (None, "") and int(float(epoch)) >= cutoff:
+                    continue
+                rows.append(row)
+                columns.update(row)
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=sorted(columns), restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(Path(out), lambda f: f.write(buf.getvalue().encode()))
+
+
+class PreemptionSignals(Callback):
+    """SIGUSR1 (SLURM's warning before preemption, ``--signal=USR1@<s>``) stops the fit like SIGTERM:
+    Lightning raises ``SIGTERMException`` (a ``SystemExit``) at the next batch. Installed in every
+    process that trains (before Lightning registers its own handlers, so its SLURM auto-requeue
+    handler, which would write a mid-epoch checkpoint we cannot resume exactly, stays out) and
+    restored when the fit ends."""
+
+    def __init__(self):
+        self._previous = None
+        self.received: int | None = None  # SIGUSR1 once it arrived (SIGTERM is Lightning's)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        def stop(signum, frame):
+            log.info("received signal %d: stopping after this batch", signum)
+            self.received = signum
+            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
+
+        with contextlib.suppress(ValueError):  # not the main thread: signals cannot be handled here
+            self._previous = signal.signal(signal.SIGUSR1, stop)
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+    def __getstate__(self) -> dict:  # a handler is not picklable (ddp_spawn)
+        return {"_previous": None, "received": None}
+
+
+# -- synchronized BatchNorm on any device -------------------------------------------------------
+class _AllReduceBatchNorm:
+    """Mixin: in training under DDP, normalize with the mean and variance of the global batch
+    (summed over the ranks with a differentiable all-reduce, as ``torch.nn.SyncBatchNorm`` does on GPUs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c, dims = x.shape[1], [0, *range(2, x.dim())]
+        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1).clamp_min(1)), alpha=m)
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+class AllReduceBatchNorm1d(_AllReduceBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class AllReduceBatchNorm2d(_AllReduceBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+class AllReduceBatchNorm3d(_AllReduceBatchNorm, nn.BatchNorm3d):
+    pass
+
+
+_SYNCED = {nn.BatchNorm1d: AllReduceBatchNorm1d, nn.BatchNorm2d: AllReduceBatchNorm2d, nn.BatchNorm3d: AllReduceBatchNorm3d}
+
+
+class AllReduceBatchNormSync(LayerSync):
+    """Lightning layer-sync plugin: BatchNorm layers synchronized over the DDP ranks on any device
+    (the class of each layer is swapped in place, so parameters, buffers and state_dict keys stay)."""
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        for m in model.modules():
+            if type(m) in _SYNCED:
+                m.__class__ = _SYNCED[type(m)]
+        return model
+
+    def revert(self, model: nn.Module) -> nn.Module:
+        back = {v: k for k, v in _SYNCED.items()}
+        for m in model.modules():
+            if type(m) in back:
+                m.__class__ = back[type(m)]
+        return model
+
+
+def make_loggers(cfg: DictConfig, stage: str, folder: Path, version: str | None = None) -> list:
+    """Instantiate ``cfg.logger`` (a dict of named loggers) for one stage; the CSV logger writes to
+    ``folder/logs/<version>/`` (Lightning's CSVLogger deletes an existing metrics.csv, so every
+    attempt gets its own) or, with ``version=None``, to ``folder`` itself."""
     out = []
     for name, lcfg in (OmegaConf.select(cfg, "logger") or {}).items():
         if lcfg is None or "_target_" not in lcfg:
             continue
         if lcfg._target_.endswith("CSVLogger"):
-            out.append(instantiate(lcfg, save_dir=str(folder), name="", version=""))
+            where = dict(name="", version="") if version is None else dict(name="logs", version=version)
+            out.append(instantiate(lcfg, save_dir=str(folder), **where))
         elif lcfg._target_.endswith("WandbLogger"):  # one W&B run per job, shared by its stages
             from tgp.logging_wandb import job_logger
 

@@ -7,18 +7,74 @@ and which transforms to apply; this class does the seeded train/val split, the o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import hashlib
+import random
+from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tgp.errors import ConfigError
 
 
+def per_rank_batch(batch_size: int, world_size: int, setting: str = "data.batch_size") -> int:
+    """The batch each of ``world_size`` DDP ranks takes so that together they make the global
+    ``batch_size`` (``setting`` names it in the error); a :class:`~tgp.errors.ConfigError` when it does not divide."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if batch_size % world_size:
+        lower, upper = batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size
+        raise ConfigError(
+            setting, batch_size,
+            f"is the global batch, split evenly over the {world_size} DDP processes, and does not divide by {world_size}.",
+            f"set {setting} to a multiple of {world_size} (e.g. {max(lower, world_size)} or {upper}), "
+            "or run on a number of devices that divides it.",
+        )
+    return batch_size // world_size
+
+
+def mix_seed(*parts: Any) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+class EpochSampler(Sampler):
+    """A random order of ``range(n)`` per epoch that depends on ``(seed, epoch)`` only.
+
+    Each index comes with a seed for that sample's augmentation (``(index, sample_seed)``, read
+    by :class:`TransformedSubset`), so the augmented batches of an epoch are the same whether the
+    run was resumed or not and however many (persistent) loader workers there are. Lightning calls
+    :meth:`set_epoch` before every epoch (with the restored epoch on resume); iterated outside a
+    Trainer, each iteration is the next epoch.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self._explicit = int(n), int(seed), 0, False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._explicit = int(epoch), True
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        if not self._explicit:
+            self.epoch += 1
+        gen = torch.Generator().manual_seed(mix_seed("order", self.seed, epoch))
+        order = torch.randperm(self.n, generator=gen).tolist()
+        seeds = torch.randint(0, 2**62, (self.n,), generator=gen).tolist()
+        return iter(zip(order, seeds))
+
+
 class TransformedSubset(Dataset):
-    """``dataset[indices[i]]`` with ``transform`` applied to the image; labels become ``int``."""
+    """``dataset[indices[i]]`` with ``transform`` applied to the image; labels become ``int``.
+
+    Indexed with ``(i, seed)`` (from :class:`EpochSampler`), the transform's random draws are
+    seeded by ``seed``: the sample's augmentation is a function of the run's seed and epoch only.
+    """
 
     def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Callable | None = None):
         self.dataset = dataset
@@ -28,9 +84,15 @@ class TransformedSubset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
+    def __getitem__(self, i: int | tuple[int, int]) -> tuple[Any, int]:
+        seed = None
+        if isinstance(i, tuple):
+            i, seed = i
         x, y = self.dataset[int(self.indices[i])]
         if self.transform is not None:
+            if seed is not None:  # torchvision's and our transforms draw from torch's (and Python's) global RNG
+                torch.manual_seed(seed)
+                random.seed(seed)
             x = self.transform(x)
         return x, int(y)
 
@@ -85,6 +147,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.limit_train = limit_train
         self.limit_test = limit_test
         self.score_seed = int(score_seed)
+        # Seed of the training order and augmentation (EpochSampler); Training.fit sets it per stage.
+        self.shuffle_seed = self.split_seed
 
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
@@ -175,18 +239,42 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if self.data_train is None:
             self.setup()
 
+    # ----------------------------------------------------------------- global vs per-rank batch
+    @property
+    def world_size(self) -> int:
+        """DDP processes of the Trainer this datamodule is attached to (1 when none)."""
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.world_size) if trainer is not None else 1
+
+    @property
+    def rank_batch_size(self) -> int:
+        """``batch_size`` is the global training batch: each rank takes ``batch_size // world_size``."""
+        return per_rank_batch(self.batch_size, self.world_size)
+
+    @property
+    def rank_eval_batch_size(self) -> int:
+        """The evaluation batch per rank, likewise (or the whole batch outside DDP)."""
+        return per_rank_batch(self.eval_batch_size, self.world_size, "data.eval_batch_size")
+
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
         drop_last = len(self.data_train) > self.batch_size
-        return self._loader(self.data_train, self.batch_size, shuffle=True, drop_last=drop_last)
+        batch = self.rank_batch_size
+        if self.world_size > 1:  # Lightning swaps in a DistributedSampler, seeded by epoch
+            return self._loader(self.data_train, batch, shuffle=True, drop_last=drop_last)
+        sampler = EpochSampler(len(self.data_train), self.shuffle_seed)
+        return DataLoader(
+            self.data_train, batch_size=batch, sampler=sampler, drop_last=drop_last, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()
-        return self._loader(self.data_val, self.eval_batch_size, shuffle=False)
+        return self._loader(self.data_val, self.rank_eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         self._require_setup()
-        return self._loader(self.data_test, self.eval_batch_size, shuffle=False)
+        return self._loader(self.data_test, self.rank_eval_batch_size, shuffle=False)
 
     def score_dataloader(self, batch_size: int | None = None) -> DataLoader:
         """Train subset with the eval transform, in a fixed (``score_seed``) shuffled order."""

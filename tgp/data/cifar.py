@@ -66,9 +66,9 @@ class _CIFARDataModule(ImageClassificationDataModule):
         train = split == "train"
         return DeviceLoader(
             torch.from_numpy(source.data)[idx], torch.as_tensor(source.targets)[idx],
-            batch_size=self.batch_size if train else self.eval_batch_size, mean=self.mean, std=self.std,
+            batch_size=self.rank_batch_size if train else self.rank_eval_batch_size, mean=self.mean, std=self.std,
             device=device, shuffle=train, drop_last=train and len(idx) > self.batch_size,
-            augment=train and self.augment, padding=4, seed=self.split_seed, channels_last=device.type == "cuda",
+            augment=train and self.augment, padding=4, seed=self.shuffle_seed, channels_last=device.type == "cuda",
             epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None,
         )
 
