@@ -115,7 +115,8 @@ class Training:
             callbacks=[EpochSeed(seed, stage), AttemptLog(logs / f"attempt_{attempt}"), best, last,
                        MaskEnforcer(), signals, *callbacks],
         )
-        batch = per_rank_batch(int(dm.batch_size), trainer.world_size)  # before any process starts
+        # Before any process starts (a ConfigError here, not inside a spawned rank).
+        batch = per_rank_batch(int(dm.batch_size), trainer.world_size) if hasattr(dm, "batch_size") else None
         ckpt = folder / "last.ckpt"
         if ckpt.exists():
             done = int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1  # completed
