@@ -12,8 +12,6 @@ from torch import nn
 
 from tgp.distill.self_distill import (
     REGIMES,
-    ClassPairBatchSampler,
-    DLBBatchSampler,
     batch_stat_norm,
     class_partners,
     dlb_loss,
@@ -21,6 +19,7 @@ from tgp.distill.self_distill import (
     pskd_targets,
     score_loss,
 )
+from tgp.data.samplers import ClassPairBatchSampler, DLBBatchSampler
 from tgp.errors import ConfigError
 from tgp.pruning.mask import prunable_parameters
 from tgp.pruning.scores import gradient_scores
@@ -33,11 +32,11 @@ def _cfg(tmp_path: Path, *overrides: str):
 # ------------------------------------------------------------------ pipelines (tiny, CPU)
 @pytest.mark.parametrize("overrides", [
     ("method=snip",),
-    ("method=epsd", "epsd.regime=pskd"),
-    ("method=epsd", "epsd.regime=dlb", "epsd.warmup_steps=2"),
+    ("method=epsd", "method.regime=pskd"),
+    ("method=epsd", "method.regime=dlb", "method.warmup_steps=2"),
 ], ids=["snip", "epsd-pskd", "epsd-dlb-warmup"])
 def test_pipeline_exact_sparsity(tmp_path, overrides):
-    from tgp.methods.common import build_net
+    from tgp.blocks import build_net
     from tgp.pipeline import run_pipeline
     from tgp.pruning.mask import load_mask
 
@@ -65,7 +64,7 @@ def test_pipeline_exact_sparsity(tmp_path, overrides):
     r.dm = type("D", (), {"num_classes": 10, "in_channels": int(cfg.data.channels)})()
     fresh = build_net(r, cfg.model).state_dict()
     assert all(torch.equal(init[k], fresh[k]) for k in init)
-    if "epsd.warmup_steps=2" in overrides:
+    if "method.warmup_steps=2" in overrides:
         assert json.loads((run_dir / "warmup" / "result.json").read_text())["steps"] == 2
 
 
@@ -136,7 +135,7 @@ def test_pskd_targets():
 
 
 def test_pskd_module_stores_predictions_by_index():
-    from tgp.methods.at_init import SelfDistillModule
+    from tgp.lit import SelfDistillModule
 
     net = _tiny_net()
     m = SelfDistillModule(net, regime="pskd", num_train=30, epochs=4, num_classes=5)
@@ -192,20 +191,20 @@ def test_cskd_pairs_share_the_class():
 def test_unknown_regime_is_a_config_error(tmp_path):
     from tgp.methods.at_init import check_epsd
 
-    cfg = _cfg(tmp_path, "method=epsd", "epsd.regime=bogus")
+    cfg = _cfg(tmp_path, "method=epsd", "method.regime=bogus")
     with pytest.raises(ConfigError) as err:
         check_epsd(cfg)
-    assert err.value.setting == "epsd.regime" and err.value.value == "bogus"
+    assert err.value.setting == "method.regime" and err.value.value == "bogus"
     assert all(r in str(err.value) for r in ("pskd", "dlb", "cskd"))
-    with pytest.raises(ConfigError, match="epsd.score_loss"):
-        check_epsd(_cfg(tmp_path, "method=epsd", "epsd.score_loss=kl"))
-    with pytest.raises(ConfigError, match="epsd.warmup_steps"):
-        check_epsd(_cfg(tmp_path, "method=epsd", "epsd.warmup_steps=-1"))
+    with pytest.raises(ConfigError, match="method.score_loss"):
+        check_epsd(_cfg(tmp_path, "method=epsd", "method.score_loss=kl"))
+    with pytest.raises(ConfigError, match="method.warmup_steps"):
+        check_epsd(_cfg(tmp_path, "method=epsd", "method.warmup_steps=-1"))
 
 
 def test_unknown_regime_fails_before_any_stage(tmp_path):
     from tgp.pipeline import run_pipeline
 
-    with pytest.raises(ConfigError, match="epsd.regime"):
-        run_pipeline(_cfg(tmp_path, "method=epsd", "epsd.regime=ps-kd"), tmp_path / "run")
+    with pytest.raises(ConfigError, match="method.regime"):
+        run_pipeline(_cfg(tmp_path, "method=epsd", "method.regime=ps-kd"), tmp_path / "run")
     assert not (tmp_path / "run" / "init").exists()

@@ -11,7 +11,7 @@ from tgp.data.device_loader import DeviceLoader
 from tgp.distill import DistillationLoss
 from tgp.errors import ConfigError
 from tgp.models import build_model
-from tgp.module import ClassifierModule
+from tgp.lit import ClassifierModule
 
 
 @pytest.fixture

@@ -9,16 +9,10 @@ import torch
 
 from conftest import compose_cfg, read_json
 from tgp.errors import ConfigError
-from tgp.methods.iterative import (
-    ClassSubsetDataModule,
-    check_rounds,
-    exact_common_threshold,
-    intersection,
-    magnitude_mask,
-    mask_counts,
-    rounds_needed,
-    split_classes,
-)
+from tgp.data.views import ClassSubsetDataModule
+from tgp.methods.iterative import check_colt, split_classes
+from tgp.pruning.nested import exact_common_threshold, intersection, magnitude_mask, mask_counts
+from tgp.pruning.schedules import check_rounds, rounds_needed
 from tgp.pipeline import run_pipeline
 from tgp.pruning.mask import load_mask
 
@@ -105,7 +99,7 @@ def test_class_subset_datamodule(tmp_path):
 @pytest.fixture(scope="module")
 def imp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("imp")
-    row, run_dir = run(["method=imp", "imp.rate=0.5"], tmp)
+    row, run_dir = run(["method=imp", "method.rate=0.5"], tmp)
     return row, run_dir, tmp
 
 
@@ -131,29 +125,29 @@ def test_imp_rerun_skips_finished_rounds(imp_run):
     _, run_dir, tmp = imp_run
     for stage in ("prune", "retrain"):  # as if the job had died after round 2
         (run_dir / stage / "result.json").unlink()
-    row, _ = run(["method=imp", "imp.rate=0.5"], tmp)
+    row, _ = run(["method=imp", "method.rate=0.5"], tmp)
     assert row["stages_skipped"] == ["init", "dense", "imp_round_01", "imp_round_02"]
-    row, _ = run(["method=imp", "imp.rate=0.5"], tmp)  # everything done: nothing recomputed
+    row, _ = run(["method=imp", "method.rate=0.5"], tmp)  # everything done: nothing recomputed
     assert row["stages_skipped"] == ["init", "dense", "imp_round_01", "imp_round_02", "prune", "retrain"]
     assert row["measured_sparsity"] == pytest.approx(0.8, abs=1e-4)
 
 
 def test_imp_unreachable_target_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as err:
-        run(["method=imp", "imp.rate=0.1", "imp.max_rounds=5"], tmp_path)
+        run(["method=imp", "method.rate=0.1", "method.max_rounds=5"], tmp_path)
     msg = str(err.value)
-    assert "imp.rate=0.1" in msg and "imp.max_rounds=5" in msg and "16 rounds" in msg
+    assert "method.rate=0.1" in msg and "method.max_rounds=5" in msg and "16 rounds" in msg
     assert not (tmp_path / "run" / "dense").exists()  # checked before any training
 
 
 def test_imp_rewind_epoch_must_be_inside_the_round(tmp_path):
-    with pytest.raises(ConfigError, match="imp.rewind_epoch"):
-        run(["method=imp", "imp.rewind_epoch=1"], tmp_path)  # 1 epoch per round in the smoke setting
+    with pytest.raises(ConfigError, match="method.rewind_epoch"):
+        run(["method=imp", "method.rewind_epoch=1"], tmp_path)  # 1 epoch per round in the smoke setting
 
 
 def test_imp_rewinds_to_an_early_epoch(tmp_path):
-    row, run_dir = run(["method=imp", "imp.rate=0.5", "pruning.sparsity=0.5", "imp.epochs_per_round=2",
-                        "imp.rewind_epoch=1"], tmp_path)
+    row, run_dir = run(["method=imp", "method.rate=0.5", "pruning.sparsity=0.5", "method.epochs_per_round=2",
+                        "method.rewind_epoch=1"], tmp_path)
     init = torch.load(run_dir / "init" / "net.pt", weights_only=True)
     rewind = torch.load(run_dir / "dense" / "rewind.pt", weights_only=True)
     dense = torch.load(run_dir / "dense" / "net.pt", weights_only=True)
@@ -167,7 +161,7 @@ def test_imp_rewinds_to_an_early_epoch(tmp_path):
 @pytest.fixture(scope="module")
 def colt_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("colt")
-    row, run_dir = run(["method=colt", "colt.rate=0.6"], tmp)
+    row, run_dir = run(["method=colt", "method.rate=0.6"], tmp)
     return row, run_dir, tmp
 
 
@@ -202,7 +196,7 @@ def test_colt_exact_sparsity_intersection_and_nesting(colt_run):
 
 def test_colt_rerun_skips_every_finished_stage(colt_run):
     first, run_dir, tmp = colt_run
-    row, _ = run(["method=colt", "colt.rate=0.6"], tmp)
+    row, _ = run(["method=colt", "method.rate=0.6"], tmp)
     assert "retrain" in row["stages_skipped"] and "prune" in row["stages_skipped"]
     assert len(row["stages_skipped"]) == len([k for k in first if k.startswith("epochs_") and k != "epochs_total"])
     assert row["measured_sparsity"] == first["measured_sparsity"]
@@ -217,10 +211,5 @@ def test_colt_needs_two_classes(tmp_path):
     # ... and COLT refuses a one-class dataset from any DataModule, before any stage runs.
     from types import SimpleNamespace
 
-    from tgp.methods.iterative import run_colt
-
-    runner = SimpleNamespace(cfg=compose_cfg([*SMOKE, "method=colt"], tmp_path), dm=SimpleNamespace(num_classes=1),
-                             run_dir=tmp_path / "fake")
     with pytest.raises(ConfigError, match="COLT .* at least 2 classes"):
-        run_colt(runner)
-    assert not (tmp_path / "fake").exists()
+        check_colt(compose_cfg([*SMOKE, "method=colt"], tmp_path), SimpleNamespace(num_classes=1))

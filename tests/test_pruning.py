@@ -12,7 +12,7 @@ from tgp.data import SyntheticDataModule
 from tgp.distill import DistillationLoss
 from tgp.errors import CheckpointMismatchError, ConfigError
 from tgp.models import build_model
-from tgp.module import ClassifierModule
+from tgp.lit import ClassifierModule
 from tgp.pruning import (
     MaskEnforcer, apply_mask, global_threshold, gradient_scores, load_mask, magnitude_scores,
     prunable_parameters, save_mask, sparsity_report,

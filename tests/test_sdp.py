@@ -10,8 +10,8 @@ import torch
 from conftest import compose_cfg, read_json
 from tgp.distill.cross_correlation import cross_correlation, cross_correlation_loss
 from tgp.errors import ConfigError
-from tgp.methods.iterative import mask_counts
-from tgp.methods.sdp import cubic_sparsity
+from tgp.pruning.nested import mask_counts
+from tgp.pruning.schedules import cubic_sparsity
 from tgp.pipeline import run_pipeline
 from tgp.pruning.mask import load_mask
 
@@ -81,12 +81,12 @@ def test_cubic_schedule():
 
 
 def test_sdp_bad_ramp_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="sdp.prune_epochs"):
-        run_pipeline(compose_cfg([*SMOKE, "sdp.epochs=2", "sdp.prune_epochs=3"], tmp_path), tmp_path / "run")
+    with pytest.raises(ConfigError, match="method.prune_epochs"):
+        run_pipeline(compose_cfg([*SMOKE, "method.epochs=2", "method.prune_epochs=3"], tmp_path), tmp_path / "run")
 
 
 def test_sdp_reaches_exact_sparsity(tmp_path):
-    cfg = compose_cfg([*SMOKE, "sdp.epochs=3", "sdp.prune_epochs=2", "sdp.cc_weight=0.5"], tmp_path)
+    cfg = compose_cfg([*SMOKE, "method.epochs=3", "method.prune_epochs=2", "method.cc_weight=0.5"], tmp_path)
     run_dir = tmp_path / "run"
     row = run_pipeline(cfg, run_dir)
     metrics = read_json(run_dir / "metrics.json")

@@ -86,13 +86,16 @@ def kd_loss(d: DictConfig, confidence: float | None = None) -> DistillationLoss:
     return loss
 
 
-def teacher_guided_loss(criterion: DistillationLoss, teacher: torch.nn.Module) -> LossFn:
-    """``loss_fn(model, x, y) = criterion(model(x), y, teacher(x))``: the TGP objective as a score loss."""
+class TeacherGuidedLoss:
+    """``loss_fn(model, x, y) = criterion(model(x), y, teacher(x))``: the TGP objective as a score
+    loss. A class, not a closure: a ddp_spawn Trainer pickles the pruning callback that holds it."""
 
-    def loss_fn(model, x, y):
-        return criterion(model(x), y, teacher(x) if criterion.kd_weight > 0 else None)[0]
+    def __init__(self, criterion: DistillationLoss, teacher: torch.nn.Module):
+        self.criterion, self.teacher = criterion, teacher
 
-    return loss_fn
+    def __call__(self, model, x, y):
+        teacher_logits = self.teacher(x) if self.criterion.kd_weight > 0 else None
+        return self.criterion(model(x), y, teacher_logits)[0]
 
 
 # -- stages ------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     student = instantiate_checked(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
     validate_job(cfg, spec, dm, student)
     if spec.check is not None:
-        spec.check(cfg)
+        spec.check(cfg, dm)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     text = OmegaConf.to_yaml(cfg, resolve=True).encode()

@@ -103,7 +103,7 @@ class SelfDistillData(L.LightningDataModule):
     def __init__(self, base, regime: str):
         super().__init__()
         self.base, self.regime = base, check_regime(regime)
-        for attr in ("name", "num_classes", "in_channels", "image_size"):
+        for attr in ("name", "num_classes", "in_channels", "image_size", "batch_size"):
             setattr(self, attr, getattr(base, attr))
 
     def setup(self, stage: str | None = None) -> None:

@@ -22,6 +22,7 @@ the SNIP saliency ``|θ ⊙ ∇θ L_SD|`` of EPSD (Chen et al., AAAI 2024) on on
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from collections.abc import Callable
 
 import torch
@@ -126,14 +127,16 @@ def batch_stat_norm(model: nn.Module, enabled: bool = True):
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
+# The score losses are partials of module-level functions, not closures: a ddp_spawn Trainer
+# pickles its callbacks, and the pruning callback holds the loss.
+def _ce_loss(batch_stats, model, x, y):
+    with batch_stat_norm(model, batch_stats):
+        return F.cross_entropy(model(x).float(), y)
+
+
 def ce_score_loss(batch_stats: bool = True) -> LossFn:
     """SNIP: ``L = CE(z(x), y)``."""
-
-    def loss_fn(model, x, y):
-        with batch_stat_norm(model, batch_stats):
-            return F.cross_entropy(model(x).float(), y)
-
-    return loss_fn
+    return partial(_ce_loss, batch_stats)
 
 
 def pskd_score_loss(alpha: float, num_classes: int, batch_stats: bool = True) -> LossFn:
@@ -148,13 +151,14 @@ def pskd_score_loss(alpha: float, num_classes: int, batch_stats: bool = True) ->
     masked network, so the target path is kept: ``L = (1 − α)·CE + α·H(p)`` (``H`` the entropy).
     """
 
-    def loss_fn(model, x, y):
-        with batch_stat_norm(model, batch_stats):
-            z = model(x).float()
-        q = pskd_targets(y, F.softmax(z, dim=1), alpha, num_classes)
-        return soft_cross_entropy(z, q)
+    return partial(_pskd_loss, alpha, num_classes, batch_stats)
 
-    return loss_fn
+
+def _pskd_loss(alpha, num_classes, batch_stats, model, x, y):
+    with batch_stat_norm(model, batch_stats):
+        z = model(x).float()
+    q = pskd_targets(y, F.softmax(z, dim=1), alpha, num_classes)
+    return soft_cross_entropy(z, q)
 
 
 def dlb_score_loss(temperature: float, weight: float, batch_stats: bool = True) -> LossFn:
@@ -167,17 +171,18 @@ def dlb_score_loss(temperature: float, weight: float, batch_stats: bool = True) 
     statistics and fixed weights they would be equal and the KL term would add no gradient.
     """
 
-    def loss_fn(model, x, y):
-        n = len(x) // 3
-        if n == 0:
-            raise ValueError("the DLB score needs score batches of at least 3 samples")
-        with batch_stat_norm(model, batch_stats):
-            with torch.no_grad():
-                prev = F.softmax(model(x[: 2 * n]).float()[n:] / temperature, dim=1)
-            z = model(x[n: 3 * n]).float()
-        return dlb_loss(z, y[n: 3 * n], prev, temperature=temperature, weight=weight)[0]
+    return partial(_dlb_loss, temperature, weight, batch_stats)
 
-    return loss_fn
+
+def _dlb_loss(temperature, weight, batch_stats, model, x, y):
+    n = len(x) // 3
+    if n == 0:
+        raise ValueError("the DLB score needs score batches of at least 3 samples")
+    with batch_stat_norm(model, batch_stats):
+        with torch.no_grad():
+            prev = F.softmax(model(x[: 2 * n]).float()[n:] / temperature, dim=1)
+        z = model(x[n: 3 * n]).float()
+    return dlb_loss(z, y[n: 3 * n], prev, temperature=temperature, weight=weight)[0]
 
 
 def class_partners(y: Tensor) -> Tensor:
@@ -195,12 +200,13 @@ def cskd_score_loss(temperature: float, weight: float, batch_stats: bool = True)
     """CS-KD's loss on one score batch, partners taken inside the batch by :func:`class_partners`
     (ours: deterministic, so the score is reproducible): ``CE + w·T²·KL(sg(p(x')^T) ‖ p(x)^T)``."""
 
-    def loss_fn(model, x, y):
-        with batch_stat_norm(model, batch_stats):
-            z = model(x).float()
-        return cskd_loss(z, y, z[class_partners(y)].detach(), temperature=temperature, weight=weight)[0]
+    return partial(_cskd_loss, temperature, weight, batch_stats)
 
-    return loss_fn
+
+def _cskd_loss(temperature, weight, batch_stats, model, x, y):
+    with batch_stat_norm(model, batch_stats):
+        z = model(x).float()
+    return cskd_loss(z, y, z[class_partners(y)].detach(), temperature=temperature, weight=weight)[0]
 
 
 def score_loss(regime: str, *, score_loss: str = "sd", num_classes: int, alpha: float, temperature: float,

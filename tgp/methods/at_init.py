@@ -73,11 +73,11 @@ def _check_score_bn(value) -> bool:
     return value == "batch"
 
 
-def check_snip(cfg: DictConfig) -> None:
+def check_snip(cfg: DictConfig, dm=None) -> None:
     _check_score_bn(cfg.method.score_bn)
 
 
-def check_epsd(cfg: DictConfig) -> None:
+def check_epsd(cfg: DictConfig, dm=None) -> None:
     e = cfg.method
     if e.regime not in REGIMES:
         raise ConfigError("method.regime", e.regime, "no such self-distillation regime.",

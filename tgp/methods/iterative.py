@@ -129,7 +129,7 @@ def _save_mask(mask: Mask, folder: Path, target: float | None, net, extra: dict 
     return report
 
 
-def check_imp(cfg: DictConfig) -> None:
+def check_imp(cfg: DictConfig, dm=None) -> None:
     _, _, _, epochs = check_round_schedule("method", cfg.method, cfg.pruning.sparsity)
     rewind = int(cfg.method.rewind_epoch)
     if not 0 <= rewind < epochs:
@@ -138,10 +138,12 @@ def check_imp(cfg: DictConfig) -> None:
                           "use 0 (rewind to initialization) or a small epoch such as 1.")
 
 
-def check_colt(cfg: DictConfig) -> None:
+def check_colt(cfg: DictConfig, dm=None) -> None:
     # The intersection removes at least `rate` of the remaining weights per round, so the
     # target is reached within the IMP round count at the same rate: check that bound up front.
     check_round_schedule("method", cfg.method, cfg.pruning.sparsity)
+    if dm is not None:
+        split_classes(int(dm.num_classes), int(cfg.method.split_seed))
     if int(cfg.method.final_epochs) < 1:
         raise ConfigError("method.final_epochs", cfg.method.final_epochs, "the final training must last at least "
                           "one epoch.", "use e.g. method.final_epochs=6.")

@@ -12,7 +12,7 @@ Retraining uses the same objective as KD pretraining (``retrain.kd=true``) or CE
 
 from __future__ import annotations
 
-from tgp.blocks import kd_loss, kd_pretrain_stage, prune_stage, retrain_stage, teacher_guided_loss, teacher_stage
+from tgp.blocks import kd_loss, kd_pretrain_stage, prune_stage, retrain_stage, TeacherGuidedLoss, teacher_stage
 from tgp.methods.registry import MethodSpec, register
 
 STAGES = ("teacher", "kd_pretrain", "prune", "retrain")
@@ -22,7 +22,7 @@ EPOCHS = ("kd_pretrain.epochs", "retrain.epochs")
 def run_one_shot(job, score: str, teacher_guided: bool) -> str:
     teacher = teacher_stage(job)
     confidence = kd_pretrain_stage(job, teacher)
-    make_loss = (lambda cfg: teacher_guided_loss(kd_loss(cfg.distill, confidence), teacher)) if teacher_guided else None
+    make_loss = (lambda cfg: TeacherGuidedLoss(kd_loss(cfg.distill, confidence), teacher)) if teacher_guided else None
     prune_stage(job, source="kd_pretrain", score=score, make_loss=make_loss)
     retrain_stage(job, source="kd_pretrain", teacher=teacher, confidence=confidence)
     return "retrain"

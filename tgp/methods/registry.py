@@ -31,7 +31,7 @@ class MethodSpec:
     * ``stages``: its stage names in order; a ``*`` stands for a round number (``imp_round_*``).
     * ``epochs``: config paths of the epoch counts its stages train for (each must be ≥ 1).
     * ``dense_stage``: the stage whose network is the dense student of the report, if any.
-    * ``check(cfg)``: the method's own setting checks, run before the first stage (raise ConfigError).
+    * ``check(cfg, dm)``: the method's own setting checks, run before the first stage (raise ConfigError).
     """
 
     name: str

@@ -71,7 +71,7 @@ def ramp_epochs(m: DictConfig) -> int:
     return math.ceil(int(m.epochs) / 2) if m.prune_epochs is None else int(m.prune_epochs)
 
 
-def check_sdp(cfg: DictConfig) -> None:
+def check_sdp(cfg: DictConfig, dm=None) -> None:
     check_sparsity(cfg.pruning.sparsity)
     c = cfg.method
     epochs = int(c.epochs)
