@@ -45,6 +45,8 @@ def main() -> float | None:
     except TGPError as e:  # nothing has been created yet
         print(f"tgp: error: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
+    except Exception:  # noqa: BLE001 - a command line the precheck does not understand: Hydra judges it alone
+        pass
     return hydra_main()
 
 
@@ -341,6 +343,10 @@ def _composition_error(e: Exception, config_name: str, job: list[str], parser, l
         return ConfigError(key, value, "a comma-separated value is a sweep, which needs -m.",
                            f"add -m to run one job per value; for a list write '{key}=[{value}]', for a string "
                            f"\"{key}='{value}'\".")
+    primary = re.search(r"Cannot find primary config '([^']+)'", text)
+    if primary:
+        return ConfigError("--config-name", primary.group(1), f"there is no conf/{primary.group(1)}.yaml.",
+                           "drop --config-name (tgp's root config is conf/config.yaml).")
     return ConfigError("overrides", " ".join(job), f"the config does not compose: {_one_line(e)}",
                        "see `python -m tgp.run --help` for the config groups and `--cfg job` for the settings.")
 
