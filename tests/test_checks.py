@@ -210,7 +210,7 @@ def test_mask_file_checks(smoke, tmp_path):
     compose, student = smoke
     cfg = compose()
     (tmp_path / "junk.pt").write_text("junk")
-    for name, match in (("nope.pt", "does not exist"), ("junk.pt", "cannot be read as a mask")):
+    for name, match in (("nope.pt", "no such file"), ("junk.pt", "cannot be read as a mask")):
         with pytest.raises(CheckpointMismatchError, match=rf"^pruning.mask='[^']*{name}': .*{match}.* Fix: "):
             check_mask(with_(cfg, pruning__mask=str(tmp_path / name)), get_method("tgp"), student)
 

@@ -140,6 +140,13 @@ def check_mask(cfg: DictConfig, spec, student) -> None:
     from tgp.errors import CheckpointMismatchError
     from tgp.pruning.mask import load_mask
 
+    from pathlib import Path
+
+    if not Path(str(path)).is_file():
+        raise CheckpointMismatchError(
+            f"pruning.mask={path!r}: there is no such file (relative paths are relative to the folder the command "
+            f"is started in, here {Path.cwd()}). Fix: point to a prune/mask.pt written by tgp for this model, e.g. "
+            "<run_dir>/prune/mask.pt.")
     try:
         load_mask(path, student)
     except CheckpointMismatchError as e:
