@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tgp.data.base import ImageClassificationDataModule, TransformedSubset
 from tgp.data.samplers import ClassPairBatchSampler, DLBBatchSampler
 from tgp.distill.self_distill import check_regime
 from tgp.errors import ConfigError
@@ -49,20 +50,23 @@ class _Indexed(Dataset):
         return self.dataset[int(self.indices[i])]
 
 
-class ClassSubsetDataModule(L.LightningDataModule):
-    """The train/val/test samples of ``classes`` only, reusing ``base``'s datasets and loader settings.
+class ClassSubsetDataModule(ImageClassificationDataModule):
+    """The train/val/test samples of ``classes`` only, reusing ``base``'s datasets, transforms and
+    loader settings — and its loaders: the global batch split per DDP rank, the epoch-seeded order
+    and per-sample augmentation seeds that make a resumed stage exact.
 
     Labels keep their original index (the network keeps all its outputs).
     """
 
     def __init__(self, base, classes):
-        super().__init__()
+        L.LightningDataModule.__init__(self)
         base._require_setup() if hasattr(base, "_require_setup") else base.setup("fit")
         self.base, self.classes = base, sorted(int(c) for c in classes)
         self.name = f"{base.name}[{','.join(map(str, self.classes))}]"
         self.num_classes, self.in_channels, self.image_size = base.num_classes, base.in_channels, base.image_size
-        self.batch_size = base.batch_size
-        self.eval_batch_size = getattr(base, "eval_batch_size", base.batch_size)
+        for attr in ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers",
+                     "score_seed", "shuffle_seed"):
+            setattr(self, attr, getattr(base, attr))
         self.data_train = self._only(base.data_train)
         self.data_val = self._only(base.data_val)
         self.data_test = self._only(base.data_test)
@@ -71,28 +75,14 @@ class ClassSubsetDataModule(L.LightningDataModule):
             raise ConfigError("data", base.name, f"the training split holds no sample of classes {self.classes}.",
                               "use more training data (data.limit_train).")
 
+    def setup(self, stage: str | None = None) -> None:
+        """The subsets are built in ``__init__``."""
+
     def _only(self, dataset: Dataset) -> Dataset:
-        labels = dataset_labels(dataset)
-        return _Indexed(dataset, np.flatnonzero(np.isin(labels, self.classes)))
-
-    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False, generator=None) -> DataLoader:
-        b = self.base
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=b.num_workers, pin_memory=b.pin_memory,
-                          persistent_workers=b.persistent_workers, generator=generator)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, self.batch_size, True, drop_last=len(self.data_train) > self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, self.eval_batch_size, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, self.eval_batch_size, False)
-
-    def score_dataloader(self, batch_size: int | None = None) -> DataLoader:
-        generator = torch.Generator().manual_seed(int(getattr(self.base, "score_seed", 0)))
-        return self._loader(self.data_score, batch_size or self.eval_batch_size, True, generator=generator)
+        keep = np.flatnonzero(np.isin(dataset_labels(dataset), self.classes))
+        if isinstance(dataset, TransformedSubset):  # same source and transform, fewer indices
+            return TransformedSubset(dataset.dataset, dataset.indices[keep], dataset.transform)
+        return _Indexed(dataset, keep)
 
 
 class SelfDistillData(L.LightningDataModule):

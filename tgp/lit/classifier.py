@@ -188,6 +188,13 @@ class ClassifierModule(L.LightningModule):
             self.teacher_acc.reset()
             self._teacher_logged = True
 
+    # The teacher's accuracy is logged once per stage, also across a resume.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["teacher_acc_logged"] = self._teacher_logged
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._teacher_logged = bool(checkpoint.get("teacher_acc_logged", False))
+
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, self.test_acc, "test")
 
