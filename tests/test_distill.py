@@ -85,10 +85,10 @@ def test_gradients_finite_for_extreme_logits():
 def test_confidence_modes_of_the_objective():
     y = torch.tensor([0, 2])
     ce = torch.nn.functional.cross_entropy(S, y)
-    batch = DistillationLoss(kd_weight=0.7, temperature=4.0, confidence="batch")
+    batch = DistillationLoss(kd_weight=0.7, temperature=4.0, confidence="batch", confidence_logits="standardized")
     total, parts = batch(S, y, T)
     assert total.item() == pytest.approx(0.7 * ca_kld(S, T, temperature=4.0).item() + 0.3 * ce.item(), rel=1e-5)
-    sample = DistillationLoss(kd_weight=1.0, temperature=4.0, confidence="sample")
+    sample = DistillationLoss(kd_weight=1.0, temperature=4.0, confidence="sample", confidence_logits="standardized")
     beta_i = teacher_confidence(T, temperature=4.0)
     assert sample(S, y, T)[0].item() == pytest.approx(ca_kld(S, T, temperature=4.0, beta=beta_i).item(), rel=1e-6)
     dataset = DistillationLoss(kd_weight=1.0, temperature=4.0, confidence="dataset")
@@ -97,6 +97,33 @@ def test_confidence_modes_of_the_objective():
     # The three modes are different numbers here, so each mode is really used.
     assert len({round(batch.kd_term(S, T).item(), 6), round(sample.kd_term(S, T).item(), 6),
                 round(dataset.kd_term(S, T).item(), 6)}) == 3
+
+
+def test_default_beta_is_the_plain_softmax_confidence_at_t1():
+    """β (default ``confidence_logits=plain``) = mean_i max_c softmax(z_T,i)(c) at T = 1, by hand."""
+    teacher = torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 3.0]], dtype=torch.float64)
+    student = torch.tensor([[1.0, 0.5, -1.0], [0.2, 0.1, 0.4]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    row0 = math.exp(4) / (math.exp(4) + 2)  # softmax of (4, 0, 0), its max
+    row1 = math.exp(3) / (1 + math.exp(1) + math.exp(3))
+    hand = (row0 + row1) / 2
+    loss = DistillationLoss(kd_weight=1.0, temperature=4.0, confidence="batch")
+    assert loss.confidence_logits == "plain" and loss.confidence_kwargs == {"temperature": 1.0, "standardize": False}
+    expected = ca_kld(student, teacher, temperature=4.0, beta=hand)
+    assert loss(student, y, teacher)[0].item() == pytest.approx(expected.item(), rel=1e-12)
+    per_sample = DistillationLoss(kd_weight=1.0, temperature=4.0, confidence="sample")
+    expected_i = ca_kld(student, teacher, temperature=4.0, beta=torch.tensor([row0, row1], dtype=torch.float64))
+    assert per_sample(student, y, teacher)[0].item() == pytest.approx(expected_i.item(), rel=1e-12)
+    # The dataset estimate measures the same thing; the standardized reading at T = 4 calls a
+    # teacher that is 98 % sure of its class hardly confident at all.
+    from tgp.distill.losses import estimate_dataset_confidence
+
+    batches = [(teacher, y)]
+    plain = estimate_dataset_confidence(torch.nn.Identity(), batches, device="cpu", **loss.confidence_kwargs)
+    assert plain == pytest.approx(hand, rel=1e-12) and plain > 0.9
+    standardized = estimate_dataset_confidence(torch.nn.Identity(), batches, device="cpu", temperature=4.0,
+                                               standardize=True)
+    assert standardized < 0.5
 
 
 def test_alpha_zero_or_no_teacher_is_plain_ce():
@@ -108,6 +135,7 @@ def test_alpha_zero_or_no_teacher_is_plain_ce():
 
 @pytest.mark.parametrize("kwargs,setting", [({"kd_weight": 1.5}, "distill.kd_weight"), ({"kind": "mse"}, "distill.kind"),
                                             ({"confidence": "epoch"}, "distill.confidence"),
+                                            ({"confidence_logits": "raw"}, "distill.confidence_logits"),
                                             ({"temperature": 0}, "distill.temperature")])
 def test_bad_settings_name_the_setting(kwargs, setting):
     with pytest.raises(ConfigError, match=setting):

@@ -79,7 +79,7 @@ def kd_loss(d: DictConfig, confidence: float | None = None) -> DistillationLoss:
     """``α·KD + (1−α)·CE`` from the ``distill`` node (with the dataset confidence β when known)."""
     loss = DistillationLoss(
         kd_weight=float(d.kd_weight), temperature=float(d.temperature), kind=str(d.kind),
-        standardize=bool(d.standardize), confidence=str(d.confidence),
+        standardize=bool(d.standardize), confidence=str(d.confidence), confidence_logits=str(d.confidence_logits),
     )
     if loss.needs_dataset_confidence and confidence is not None:
         loss.set_dataset_confidence(confidence)
@@ -135,10 +135,8 @@ def kd_pretrain_stage(job, teacher) -> float | None:
         extra = {}
         if loss.needs_dataset_confidence:
             device = job.training.device()
-            beta = estimate_dataset_confidence(
-                teacher.to(device).eval(), job.dm.score_dataloader(), temperature=loss.temperature,
-                standardize=loss.standardize, device=device,
-            )
+            beta = estimate_dataset_confidence(teacher.to(device).eval(), job.dm.score_dataloader(), device=device,
+                                               **loss.confidence_kwargs)
             loss.set_dataset_confidence(beta)
             extra["teacher_confidence"] = beta
         k = cfg.kd_pretrain

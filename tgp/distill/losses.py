@@ -11,6 +11,7 @@ from tgp.errors import ConfigError
 
 KD_KINDS = ("ca_kld", "kl", "reverse_kl")
 CONFIDENCE_MODES = ("dataset", "batch", "sample")
+CONFIDENCE_LOGITS = ("plain", "standardized")
 
 
 class DistillationLoss(nn.Module):
@@ -19,7 +20,11 @@ class DistillationLoss(nn.Module):
     ``kind`` picks ``L_KD``: ``ca_kld`` (default, :func:`tgp.distill.ca_kld`), ``kl`` (Hinton)
     or ``reverse_kl``. For CA-KLD, ``confidence`` picks β: ``dataset`` (one number estimated
     over the training set before KD starts and set with :meth:`set_dataset_confidence`),
-    ``batch`` or ``sample``. With no teacher logits, or α = 0, the loss is plain CE.
+    ``batch`` or ``sample``, and ``confidence_logits`` what β is measured on: ``plain`` —
+    ``max_c softmax(z_T)(c)`` on the teacher's plain logits at T = 1, as BitDistiller measures it
+    (default) — or ``standardized`` — ``max_c softmax(ẑ_T / T)(c)``, the tempered standardized
+    logits the divergence compares (at T > 1 every teacher then looks unconfident: β ≈ 1/C…0.2).
+    With no teacher logits, or α = 0, the loss is plain CE.
 
     Returns ``(total, parts)``; ``parts`` holds the unweighted terms for logging.
     """
@@ -32,6 +37,7 @@ class DistillationLoss(nn.Module):
         standardize: bool = True,
         confidence: str = "dataset",
         label_smoothing: float = 0.0,
+        confidence_logits: str = "plain",
     ):
         super().__init__()
         if not 0.0 <= kd_weight <= 1.0:
@@ -44,6 +50,10 @@ class DistillationLoss(nn.Module):
             raise ConfigError(
                 "distill.confidence", confidence, "unknown confidence mode.", f"use one of {', '.join(CONFIDENCE_MODES)}."
             )
+        if confidence_logits not in CONFIDENCE_LOGITS:
+            raise ConfigError("distill.confidence_logits", confidence_logits, "unknown logits for the confidence β.",
+                              f"use one of {', '.join(CONFIDENCE_LOGITS)}.")
+        self.confidence_logits = confidence_logits
         self.kd_weight, self.temperature, self.kind = float(kd_weight), float(temperature), kind
         self.standardize, self.confidence, self.label_smoothing = standardize, confidence, label_smoothing
         # Persisted so a resumed run reuses the confidence it started with.
@@ -52,6 +62,13 @@ class DistillationLoss(nn.Module):
     @property
     def needs_dataset_confidence(self) -> bool:
         return self.kind == "ca_kld" and self.confidence == "dataset" and self.kd_weight > 0
+
+    @property
+    def confidence_kwargs(self) -> dict:
+        """How β is measured: ``teacher_confidence(z_T, **confidence_kwargs)``."""
+        if self.confidence_logits == "plain":
+            return {"temperature": 1.0, "standardize": False}
+        return {"temperature": self.temperature, "standardize": self.standardize}
 
     def set_dataset_confidence(self, value: float) -> None:
         self.dataset_confidence.fill_(float(value))
@@ -65,10 +82,10 @@ class DistillationLoss(nn.Module):
         if self.confidence == "dataset":
             # A tensor, not .item(): reading it back would sync the GPU every step.
             beta = self.dataset_confidence
-        elif self.confidence == "sample":
-            beta = teacher_confidence(teacher_logits, temperature=t, standardize=std)
         else:
-            beta = None
+            beta = teacher_confidence(teacher_logits.detach(), **self.confidence_kwargs)  # β_i
+            if self.confidence == "batch":
+                beta = beta.mean()
         return ca_kld(student_logits, teacher_logits, temperature=t, beta=beta, standardize=std)
 
     def forward(self, student_logits: Tensor, targets: Tensor, teacher_logits: Tensor | None = None):
