@@ -176,7 +176,7 @@ def with_(cfg, **dotted):
 @pytest.mark.parametrize("method, changes, match", [
     ("tgp", {"kd_pretrain__epochs": 0}, r"kd_pretrain.epochs=0"),
     ("tgp", {"teacher__epochs": 2.5}, r"teacher.epochs=2.5: .*whole number"),
-    ("imp", {"retrain__epochs": 0}, r"retrain.epochs=0: .*method.epochs_per_round"),
+    ("imp", {"kd_pretrain__epochs": 0}, r"kd_pretrain.epochs=0: .*method.epochs_per_round"),
     ("imp", {"stop_after": "imp_round"}, r"imp_round_NN.*did you mean stop_after=imp_round_01"),
     ("tgp", {"pruning__sparsity": 1.0}, r"pruning.sparsity=1.0"),
     ("tgp", {"trainer__strategy": "ddp_spawn", "trainer__devices": 3, "data__batch_size": 32}, r"data.batch_size=32"),

@@ -154,7 +154,7 @@ def test_imp_rewinds_to_an_early_epoch(tmp_path):
     name = "conv1.weight"
     assert not torch.equal(rewind[name], init[name]) and not torch.equal(rewind[name], dense[name])
     assert row["measured_sparsity"] == pytest.approx(0.5, abs=1e-4)
-    assert row["epochs_total"] == 4  # dense 2 + the single round's retraining 2
+    assert row["epochs_total"] == 3  # dense 2 + the final ticket: the sparse budget retrain.epochs (1)
 
 
 # -- COLT end to end ----------------------------------------------------------------------------------

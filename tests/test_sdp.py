@@ -82,11 +82,11 @@ def test_cubic_schedule():
 
 def test_sdp_bad_ramp_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="method.prune_epochs"):
-        run_pipeline(compose_cfg([*SMOKE, "method.epochs=2", "method.prune_epochs=3"], tmp_path), tmp_path / "run")
+        run_pipeline(compose_cfg([*SMOKE, "retrain.epochs=2", "method.prune_epochs=3"], tmp_path), tmp_path / "run")
 
 
 def test_sdp_reaches_exact_sparsity(tmp_path):
-    cfg = compose_cfg([*SMOKE, "method.epochs=3", "method.prune_epochs=2", "method.cc_weight=0.5"], tmp_path)
+    cfg = compose_cfg([*SMOKE, "retrain.epochs=3", "method.prune_epochs=2", "method.cc_weight=0.5"], tmp_path)
     run_dir = tmp_path / "run"
     row = run_pipeline(cfg, run_dir)
     metrics = read_json(run_dir / "metrics.json")

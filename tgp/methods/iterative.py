@@ -42,8 +42,10 @@ Choices that are ours (not the papers'), each a setting or written here:
 * COLT's halves: with an odd class count B gets the extra class. Each half-network keeps the
   full classifier (all logits, CE over all classes), trained, validated and tested on its
   half's samples only.
-* Training budget: every round (and IMP's dense training) runs ``method.epochs_per_round``
-  epochs at ``method.lr`` with a fresh optimizer and LR schedule, CE loss, no teacher; with
+* Training budget: every round before the last (and IMP's dense training) runs
+  ``method.epochs_per_round`` epochs at ``method.lr`` (by default the dense budget
+  ``kd_pretrain.*``), the final ticket the sparse budget every method's final network gets,
+  ``retrain.epochs`` at ``retrain.lr``; each with a fresh optimizer and LR schedule, CE loss, no teacher; with
   ``method.rewind_epoch = k > 0`` a round still trains the full ``epochs_per_round`` epochs from the
   rewound weights (Frankle et al. 2020 continue the schedule from k instead).
 """
@@ -63,7 +65,9 @@ from tgp.errors import ConfigError
 from tgp.io import atomic_save_json
 from tgp.methods.registry import MethodSpec, register
 from tgp.pruning.callbacks import SaveAtEpoch
-from tgp.pruning.mask import Mask, apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.mask import (
+    Mask, apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report, warn_layer_collapse,
+)
 from tgp.pruning.nested import exact_common_threshold, intersection, magnitude_mask, mask_counts
 from tgp.pruning.schedules import check_round_schedule, round_sparsity
 from tgp.stages import StageKind
@@ -76,8 +80,8 @@ class ImpSettings:
     rate: float = 0.2  # paper: 20% of the remaining weights per round
     max_rounds: int = 30  # ours: a target that needs more rounds is a config error
     rewind_epoch: int = 0  # 0 = rewind to the initialization; k > 0 = to the weights after k dense epochs
-    epochs_per_round: int = 6  # dense training and every round (ours: same budget each round)
-    lr: float = 0.1  # ours: the from-scratch learning rate
+    epochs_per_round: int = 6  # dense training and every round before the last (ours: the dense budget)
+    lr: float = 0.1  # ours: the from-scratch learning rate of those rounds
 
 
 @dataclass
@@ -85,8 +89,7 @@ class ColtSettings:
     rate: float = 0.15  # paper: 15% of the remaining weights per round
     max_rounds: int = 30
     split_seed: int = 0  # ours: seeded random split of the classes into halves A and B
-    epochs_per_round: int = 6  # each half-network's training per round
-    final_epochs: int = 6  # the final masked training on all data
+    epochs_per_round: int = 6  # each half-network's training per round (the dense budget)
     lr: float = 0.1
 
 
@@ -95,14 +98,14 @@ _IMP_ROUND = (*_IMP_TRAIN, "method.rate", "pruning.exclude", "pruning.min_layer_
 IMP_DENSE = StageKind("imp_dense", folder="dense", reads=_IMP_TRAIN)
 IMP_ROUND = StageKind("imp_round", reads=_IMP_ROUND)
 IMP_PRUNE = StageKind("imp_prune", folder="prune", reads=(*_IMP_ROUND, "pruning.sparsity"))
-IMP_RETRAIN = StageKind("imp_retrain", folder="retrain", reads=_IMP_ROUND)
+IMP_RETRAIN = StageKind("imp_retrain", folder="retrain", reads=(*_IMP_ROUND, "retrain.epochs", "retrain.lr"), version=2)
 
 _COLT = ("model", "method.split_seed", "method.epochs_per_round", "method.lr", "method.rate",
          "pruning.exclude", "pruning.min_layer_density")
 COLT_HALF = StageKind("colt_half", reads=_COLT)
 COLT_ROUND = StageKind("colt_round", reads=_COLT)
 COLT_PRUNE = StageKind("colt_prune", folder="prune", reads=(*_COLT, "pruning.sparsity"))
-COLT_RETRAIN = StageKind("colt_retrain", folder="retrain", reads=(*_COLT, "method.final_epochs"))
+COLT_RETRAIN = StageKind("colt_retrain", folder="retrain", reads=(*_COLT, "retrain.epochs", "retrain.lr"), version=2)
 
 
 def split_classes(num_classes: int, seed: int) -> tuple[list[int], list[int]]:
@@ -126,6 +129,8 @@ def _save_mask(mask: Mask, folder: Path, target: float | None, net, extra: dict 
     if extra:
         report.update(extra)
     atomic_save_json(report, folder / f"sparsity_report{'' if name == 'mask' else '_' + name[len('mask_'):]}.json")
+    if name == "mask":  # the masks a round goes on with (not COLT's per-half ones)
+        warn_layer_collapse(report, f"{folder.name}/{name}.pt")
     return report
 
 
@@ -144,9 +149,6 @@ def check_colt(cfg: DictConfig, dm=None) -> None:
     check_round_schedule("method", cfg.method, cfg.pruning.sparsity)
     if dm is not None:
         split_classes(int(dm.num_classes), int(cfg.method.split_seed))
-    if int(cfg.method.final_epochs) < 1:
-        raise ConfigError("method.final_epochs", cfg.method.final_epochs, "the final training must last at least "
-                          "one epoch.", "use e.g. method.final_epochs=6.")
 
 
 # -- IMP ----------------------------------------------------------------------------------------
@@ -199,11 +201,10 @@ def run_imp(job) -> str:
 
     job.run(IMP_PRUNE, prune, parent=prev_stage)
 
-    def retrain(folder: Path, cfg: DictConfig) -> dict:
-        m = cfg.method
+    def retrain(folder: Path, cfg: DictConfig) -> dict:  # the final ticket: the sparse budget
         mask = load_mask(job.stage_path("prune", "mask.pt"))
-        return {**train_masked(job, "retrain", folder, rewind_point(cfg), mask, m.epochs_per_round, m.lr),
-                "round": n_rounds}
+        r = cfg.retrain
+        return {**train_masked(job, "retrain", folder, rewind_point(cfg), mask, r.epochs, r.lr), "round": n_rounds}
 
     job.run(IMP_RETRAIN, retrain, parent="prune")
     return "retrain"
@@ -281,7 +282,7 @@ def run_colt(job) -> str:
 
     def retrain(folder: Path, cfg: DictConfig) -> dict:
         mask = load_mask(job.stage_path("prune", "mask.pt"))
-        return train_masked(job, "retrain", folder, init, mask, cfg.method.final_epochs, cfg.method.lr)
+        return train_masked(job, "retrain", folder, init, mask, cfg.retrain.epochs, cfg.retrain.lr)
 
     job.run(COLT_RETRAIN, retrain, parent="prune")
     return "retrain"
@@ -290,12 +291,12 @@ def run_colt(job) -> str:
 IMP = register(MethodSpec(
     name="imp", run=run_imp, settings=ImpSettings, check=check_imp,
     summary="iterative global magnitude pruning, method.rate of the remaining weights per round, rewinding",
-    stages=("init", "dense", "imp_round_*", "prune", "retrain"), epochs=("method.epochs_per_round",),
+    stages=("init", "dense", "imp_round_*", "prune", "retrain"), epochs=("method.epochs_per_round", "retrain.epochs"),
     dense_stage="dense",
 ))
 COLT = register(MethodSpec(
     name="colt", run=run_colt, settings=ColtSettings, check=check_colt,
     summary="intersection of the magnitude tickets of two class halves per round, rewinding",
     stages=("init", "colt_round_*_a", "colt_round_*_b", "colt_round_*", "prune", "retrain"),
-    epochs=("method.epochs_per_round", "method.final_epochs"),
+    epochs=("method.epochs_per_round", "retrain.epochs"),
 ))

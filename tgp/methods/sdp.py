@@ -6,7 +6,7 @@ not available to us):
 
 * ``dense`` stage: the student trained from its seeded initialization with CE
   (``method.dense_epochs`` epochs at ``method.dense_lr``).
-* ``retrain`` stage: fine-tuning for ``method.epochs`` epochs at ``method.lr`` with
+* ``retrain`` stage: fine-tuning for the sparse budget ``retrain.epochs`` at ``retrain.lr`` with
   ``L = CE + λ · L_CC(z_pruned, z_dense)`` (λ = ``method.cc_weight``), where ``z`` are penultimate
   features (``net.forward_features``) of the masked network and of a frozen copy of the dense
   weights (eval mode, no gradients), and ``L_CC`` is
@@ -51,8 +51,9 @@ from tgp.stages import StageKind
 log = logging.getLogger("tgp")
 
 SDP_DENSE = StageKind("sdp_dense", folder="dense", reads=("model", "method.dense_epochs", "method.dense_lr"))
-SDP_RETRAIN = StageKind("sdp_retrain", folder="retrain", reads=(
-    "model", "method", "pruning.sparsity", "pruning.exclude", "pruning.min_layer_density"))
+SDP_RETRAIN = StageKind("sdp_retrain", folder="retrain", version=2, reads=(
+    "model", "method", "retrain.epochs", "retrain.lr", "pruning.sparsity", "pruning.exclude",
+    "pruning.min_layer_density"))
 SDP_PRUNE = StageKind("sdp_prune", folder="prune", reads=("pruning.sparsity",))
 
 
@@ -60,27 +61,27 @@ SDP_PRUNE = StageKind("sdp_prune", folder="prune", reads=("pruning.sparsity",))
 class SdpSettings:
     dense_epochs: int = 6  # dense CE training of the student from its seeded init
     dense_lr: float = 0.1
-    epochs: int = 6  # pruning fine-tuning (ramp, then the final mask)
-    lr: float = 0.05
-    prune_epochs: int | None = None  # epochs of the cubic ramp; null = ceil(epochs / 2) (ours)
+    prune_epochs: int | None = None  # epochs of the cubic ramp; null = ceil(retrain.epochs / 2) (ours)
     cc_weight: float = 0.1  # λ of the cross-correlation term (ours)
     off_diagonal_weight: float = 0.005  # λ_off (ours; the Barlow Twins value)
 
 
-def ramp_epochs(m: DictConfig) -> int:
-    return math.ceil(int(m.epochs) / 2) if m.prune_epochs is None else int(m.prune_epochs)
+def ramp_epochs(cfg: DictConfig) -> int:
+    """Epochs of the cubic ramp within the fine-tuning (the sparse budget retrain.epochs)."""
+    m = cfg.method
+    return math.ceil(int(cfg.retrain.epochs) / 2) if m.prune_epochs is None else int(m.prune_epochs)
 
 
 def check_sdp(cfg: DictConfig, dm=None) -> None:
     check_sparsity(cfg.pruning.sparsity)
     c = cfg.method
-    epochs = int(c.epochs)
+    epochs = int(cfg.retrain.epochs)
     if epochs < 1:
-        raise ConfigError("method.epochs", epochs, "the pruning fine-tuning must last at least one epoch.", "use e.g. 6.")
-    if not 1 <= ramp_epochs(c) <= epochs:
+        raise ConfigError("retrain.epochs", epochs, "SDP's pruning fine-tuning must last at least one epoch.", "use e.g. 6.")
+    if not 1 <= ramp_epochs(cfg) <= epochs:
         raise ConfigError("method.prune_epochs", c.prune_epochs,
-                          f"the pruning ramp must last between 1 and method.epochs={epochs} epochs.",
-                          "use null (half of method.epochs) or a smaller value.")
+                          f"the pruning ramp must last between 1 and retrain.epochs={epochs} epochs.",
+                          "use null (half of retrain.epochs) or a smaller value.")
     for key in ("cc_weight", "off_diagonal_weight"):
         if float(c[key]) < 0:
             raise ConfigError(f"method.{key}", c[key], "a loss weight cannot be negative.", "use 0 to switch the term off.")
@@ -97,16 +98,16 @@ def run_sdp(job) -> str:
     job.run(SDP_DENSE, dense)
 
     def retrain(folder: Path, cfg: DictConfig) -> dict:
-        c, target, ramp = cfg.method, float(cfg.pruning.sparsity), ramp_epochs(cfg.method)
+        c, r, target, ramp = cfg.method, cfg.retrain, float(cfg.pruning.sparsity), ramp_epochs(cfg)
         net = load_stage_net(job, cfg.model, "dense")
         exclude = list(cfg.pruning.exclude)
         start = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(net, exclude).items()}
-        module = make_module(job, net, None, "retrain", c.epochs, c.lr, module_cls=SelfDistilledPruningModule,
+        module = make_module(job, net, None, "retrain", r.epochs, r.lr, module_cls=SelfDistilledPruningModule,
                              dense=copy.deepcopy(net), cc_weight=float(c.cc_weight),
                              off_diagonal_weight=float(c.off_diagonal_weight), mask=start)
         pruning = GradualMagnitudePruning(target, ramp, exclude, float(cfg.pruning.min_layer_density))
         best = BestAtFinalSparsity("retrain", ramp - 1, folder / "best_final_mask.pt")
-        result = job.training.fit("retrain", folder, module, int(c.epochs), callbacks=[pruning, best])
+        result = job.training.fit("retrain", folder, module, int(r.epochs), callbacks=[pruning, best])
         # Best validation epoch among those at the final mask (not a denser epoch of the ramp).
         if best.best is not None and best.path.exists():
             best_net = copy.deepcopy(module.net)
@@ -141,5 +142,5 @@ def run_sdp(job) -> str:
 SDP = register(MethodSpec(
     name="sdp", run=run_sdp, settings=SdpSettings, check=check_sdp,
     summary="gradual magnitude pruning during fine-tuning with a cross-correlation term to the frozen dense copy",
-    stages=("dense", "retrain", "prune"), epochs=("method.dense_epochs", "method.epochs"), dense_stage="dense",
+    stages=("dense", "retrain", "prune"), epochs=("method.dense_epochs", "retrain.epochs"), dense_stage="dense",
 ))
