@@ -173,6 +173,7 @@ def prune_stage(job, *, source: str, score: str, make_loss: Callable[[DictConfig
             return use_given_mask(job, cfg, net, folder)
         module = make_module(job, net, ce_loss(), "prune", 1, 0.0)
         callback = OneShotPruning(
+            keep_class_rows=bool(p.keep_class_rows),
             sparsity=float(p.sparsity), out_dir=folder, score=score, score_batches=int(p.score_batches),
             accumulate=str(p.accumulate), exclude=list(p.exclude), min_layer_density=float(p.min_layer_density),
             seed=int(cfg.seed), loss_fn=make_loss(cfg) if make_loss is not None else None,

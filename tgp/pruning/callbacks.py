@@ -16,7 +16,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from tgp.io import atomic_save_json, atomic_torch_save
-from tgp.pruning.mask import Mask, apply_mask, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.mask import (
+    Mask, apply_mask, classifier_name, prunable_parameters, save_mask, sparsity_report, warn_layer_collapse,
+)
 from tgp.pruning.nested import magnitude_mask, mask_counts
 from tgp.pruning.schedules import cubic_sparsity
 from tgp.pruning.scores import SCORES, gradient_scores
@@ -56,6 +58,12 @@ class OneShotPruning(L.Callback):
     attached to a ``fit``. Under DDP each rank scores a disjoint share of the batches, the
     partial sums are all-reduced before the threshold, and the mask digests of all ranks are
     compared; rank 0 writes ``mask.pt`` and ``sparsity_report.json`` to ``out_dir``.
+
+    ``keep_class_rows`` (``pruning.keep_class_rows``): every class keeps at least its top-scoring
+    classifier weight, still exactly ``round(s·N)`` removed (see :func:`global_threshold`'s
+    ``keep_rows``). ``invert``: keep the *lowest* scores instead (the threshold of the negated
+    scores; the inverted-score sanity check). Layers or classes left without any weight are
+    listed in the report and warned about (:func:`~tgp.pruning.mask.warn_layer_collapse`).
     """
 
     def __init__(
@@ -69,6 +77,8 @@ class OneShotPruning(L.Callback):
         min_layer_density: float = 0.0,
         seed: int = 0,
         loss_fn=None,
+        keep_class_rows: bool = False,
+        invert: bool = False,
     ):
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; known: {sorted(SCORES)}")
@@ -76,6 +86,7 @@ class OneShotPruning(L.Callback):
         self.score_batches, self.accumulate = score_batches, accumulate
         self.exclude, self.min_layer_density, self.seed = list(exclude), min_layer_density, seed
         self.loss_fn = loss_fn  # (model, x, y) -> loss; None: the module's own objective
+        self.keep_class_rows, self.invert = bool(keep_class_rows), bool(invert)
         self.mask: Mask | None = None
         self.report: dict | None = None
 
@@ -96,7 +107,11 @@ class OneShotPruning(L.Callback):
             )
         else:
             scores = SCORES[self.score](params, seed=self.seed)
-        return global_threshold(scores, self.sparsity, min_layer_density=self.min_layer_density)
+        if self.invert:  # keep the lowest scores: among equal scores the tie rule still removes the first
+            scores = {n: -s for n, s in scores.items()}
+        classifier = classifier_name(net)
+        keep_rows = [classifier] if self.keep_class_rows and classifier in params else None
+        return global_threshold(scores, self.sparsity, min_layer_density=self.min_layer_density, keep_rows=keep_rows)
 
     def _prune(self, trainer, pl_module) -> None:
         if self.mask is not None:
@@ -113,7 +128,10 @@ class OneShotPruning(L.Callback):
                 raise RuntimeError(f"pruning produced different masks on different ranks: {digests}")
         report = sparsity_report(mask, pl_module.net, target=self.sparsity)
         report.update(score=self.score, score_batches=self.score_batches, accumulate=self.accumulate,
-                      exclude=self.exclude, world_size=len(digests), mask_digests=digests)
+                      exclude=self.exclude, world_size=len(digests), mask_digests=digests,
+                      keep_class_rows=self.keep_class_rows, invert=self.invert)
+        if trainer.is_global_zero:
+            warn_layer_collapse(report, "one-shot pruning" + (f" ({self.out_dir})" if self.out_dir else ""))
         self.mask, self.report = mask, report
         if self.out_dir is not None and trainer.is_global_zero:
             save_mask(mask, Path(self.out_dir) / "mask.pt")

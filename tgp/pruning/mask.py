@@ -7,6 +7,8 @@ so it survives ``state_dict`` round-trips, deepcopy, DDP and ``torch.compile`` u
 from __future__ import annotations
 
 import fnmatch
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -85,24 +87,68 @@ def apply_mask(model: nn.Module, mask: Mask) -> None:
         torch._foreach_mul_(params, [m.to(device=p.device, dtype=p.dtype) for p, m in zip(params, masks)])
 
 
+def classifier_name(model: nn.Module) -> str | None:
+    """The weight name of the classifier: the last ``nn.Linear`` of ``model`` (e.g. ``fc.weight``), None without one."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return (f"{names[-1]}.weight" if names[-1] else "weight") if names else None
+
+
 def sparsity_report(mask: Mask, model: nn.Module | None = None, target: float | None = None) -> dict:
-    """Per-tensor and global counts: total, kept, sparsity; plus the sparsity over all parameters."""
+    """Per-tensor and global counts: total, kept, sparsity; plus the sparsity over all parameters.
+
+    Layer collapse: ``empty_layers`` lists the tensors left without any weight;
+    ``classifier`` is the classifier's weight (the model's last Linear; without a model, the last
+    2-D tensor of the mask) when the mask covers it, and ``classes_without_weights`` the classes
+    (rows) it keeps no weight of — such a class gets a constant logit (its bias). See
+    :func:`warn_layer_collapse`.
+    """
     layers = {}
     total = kept = 0
     for name, m in mask.items():
         n, k = m.numel(), int(m.sum())
         layers[name] = {"total": n, "kept": k, "sparsity": 1 - k / n}
         total, kept = total + n, kept + k
+    if model is not None:
+        classifier = classifier_name(model)
+    else:
+        classifier = next((n for n in reversed(list(mask)) if mask[n].dim() == 2), None)
+    classifier = classifier if classifier in mask else None
+    empty_classes = []
+    if classifier is not None:
+        rows = mask[classifier].reshape(mask[classifier].shape[0], -1)
+        empty_classes = [int(i) for i in torch.nonzero(~rows.any(dim=1)).flatten().tolist()]
     report = {
         "target_sparsity": target,
         "prunable": {"total": total, "kept": kept, "sparsity": 1 - kept / max(total, 1)},
         "layers": layers,
+        "empty_layers": [n for n, v in layers.items() if v["kept"] == 0],
+        "classifier": classifier,
+        "classes_without_weights": empty_classes,
     }
     if model is not None:
         n_all = sum(p.numel() for p in model.parameters())
         removed = total - kept
         report["all_parameters"] = {"total": n_all, "kept": n_all - removed, "sparsity": removed / n_all}
     return report
+
+
+def warn_layer_collapse(report: dict, where: str = "pruning") -> str | None:
+    """Warn (logger ``tgp`` and ``warnings.warn``) when :func:`sparsity_report` found emptied layers or
+    classes without weights; returns the message (None when nothing collapsed)."""
+    empty, classes = report.get("empty_layers") or [], report.get("classes_without_weights") or []
+    if not empty and not classes:
+        return None
+    parts = []
+    if empty:
+        parts.append(f"removed every weight of {len(empty)} layer(s): {', '.join(empty)}")
+    if classes:
+        parts.append(f"left {len(classes)} class(es) without any classifier weight ({report.get('classifier')}): "
+                     f"{', '.join(map(str, classes))} (their logits are constant)")
+    message = (f"layer collapse in {where}: " + "; ".join(parts) + ". Set pruning.min_layer_density (e.g. 0.01) "
+               "and/or pruning.keep_class_rows=true to prevent it.")
+    logging.getLogger("tgp").warning(message)
+    warnings.warn(message, stacklevel=2)
+    return message
 
 
 def save_mask(mask: Mask, path: Path) -> None:

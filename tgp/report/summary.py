@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tgp.pruning.mask import Mask
+from tgp.report.connectivity import effective_metrics
 from tgp.report.flops import count_parameters, flops, masked_sparsity
 
 
@@ -51,6 +52,8 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
         "top1_best_val": final.get("top1_best_val"),
         "val_acc_best": final.get("val_acc_best"),
     }
+    # Effective sparsity (weights on no input→output path at this resolution) and effective FLOPs: tgp.report.connectivity
+    row.update(effective_metrics(net, mask, (dm.in_channels, dm.image_size, dm.image_size)))
     # What the final stage actually trained with (batch_size is global; see tgp.training).
     row["world_size"] = final.get("world_size")
     row["per_rank_batch"] = final.get("per_rank_batch")
@@ -83,4 +86,9 @@ def summary_table(row: dict, run_dir: Path) -> str:
         f"FLOPs {row['flops_nonzero']:,} nonzero / {row['flops_dense']:,} dense "
         f"({row['theoretical_speedup']:.2f}x theoretical); {row['epochs_total']} epochs, {row['seconds_total']:.1f} s"
     )
+    if row.get("effective_sparsity") is not None:
+        out.append(
+            f"effective sparsity {_pct(row['effective_sparsity'])}% (weights on no input→output path; the dense student "
+            f"at this resolution: {_pct(row.get('effective_sparsity_dense'))}%); effective FLOPs {row.get('flops_effective', 0):,}"
+        )
     return "\n".join(out)
