@@ -3,12 +3,15 @@
 Reads every job's ``metrics.json`` under SWEEP_DIR (recursively; jobs with only an ``error.txt``
 are listed as failed with their error) and writes, into ``--out`` (default: SWEEP_DIR):
 
-- ``report.md``   mean ± std over seeds per method × dataset × model × target sparsity × retrain KD,
-                  plus the failed, incomplete and missing jobs (also printed to stdout)
+- ``report.md``   per method (+ sanity-check variant) × dataset × model × target sparsity × retrain KD:
+                  mean ± std, 95 % CI and n over seeds, the paired difference to ``--reference``
+                  (default tgp) over matched seeds; the teacher and dense student as rows; nominal,
+                  measured and effective sparsity; training cost per method (each stage once); the
+                  failed, incomplete and missing jobs. The table is also printed to stdout.
 - ``report.csv``  one row per job (done and failed)
-- ``*.png``       top-1 vs sparsity, radar across sparsities, training cost per method
+- ``*.png``       top-1 vs density (log), per-layer density, top-1 vs training FLOPs, radar, cost
 
-``--wandb`` also logs a comparison run (a table and accuracy-vs-sparsity charts) to W&B.
+``--wandb`` also logs a comparison run (the table with its intervals and the plots) to W&B.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import sys
 from pathlib import Path
 
 from tgp.io import atomic_write_bytes
-from tgp.report.aggregate import aggregate, find_jobs, load_references, markdown_report, markdown_table, write_csv
+from tgp.report.aggregate import (AUTO, aggregate, find_jobs, load_references, markdown_report, markdown_table,
+                                  method_costs, write_csv)
 
 DEFAULT_REFERENCES = Path(__file__).resolve().parents[2] / "experiments" / "reference"
 
@@ -29,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where report.md/.csv and the plots go (default: the first SWEEP_DIR)")
     p.add_argument("--references", default=str(DEFAULT_REFERENCES),
                    help="folder of reference YAML files (published numbers); 'none' to draw none")
+    p.add_argument("--reference", default=AUTO, metavar="METHOD",
+                   help="method the paired differences are taken against (default: tgp when present; 'none': none)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--wandb", action="store_true", help="also log a comparison run to W&B (offline without an API key)")
     p.add_argument("--wandb-project", default="tgp")
@@ -36,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, wandb=False,
-               wandb_project="tgp") -> dict:
+               wandb_project="tgp", reference: str | None = AUTO) -> dict:
     sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
     for d in sweep_dirs:
         if not d.is_dir():
@@ -50,22 +56,26 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
         jobs.failed += more.failed
         jobs.incomplete += more.incomplete
         jobs.missing += more.missing
-    groups = aggregate(jobs.ok)
+    if reference is not None and str(reference).lower() == "none":
+        reference = None
+    groups = aggregate(jobs.ok, reference=reference)
+    costs = method_costs(jobs.ok)
     refs = load_references(None if str(references).lower() == "none" else references)
     png = []
     if plots and groups:
         from tgp.report.plots import make_plots
 
-        png = make_plots(groups, refs, out)
+        png = make_plots(groups, refs, out, rows=jobs.ok)
     title = ", ".join(str(d) for d in sweep_dirs)
-    text = markdown_report(Path(title), jobs, groups, refs, png).encode()
+    text = markdown_report(Path(title), jobs, groups, refs, png, costs=costs).encode()
     atomic_write_bytes(out / "report.md", lambda f: f.write(text))
     write_csv(jobs.ok + jobs.failed, out / "report.csv")
-    result = {"out": out, "jobs": jobs, "groups": groups, "references": refs, "plots": png}
+    result = {"out": out, "jobs": jobs, "groups": groups, "references": refs, "plots": png, "costs": costs[0]}
     if wandb:
         from tgp.report.wandb_report import log_comparison
 
-        result["wandb_dir"] = log_comparison(groups, refs, png, name=sweep_dirs[0].name, project=wandb_project)
+        result["wandb_dir"] = log_comparison(groups, refs, png, name=sweep_dirs[0].name, project=wandb_project,
+                                             costs=costs[0])
     return result
 
 
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         res = run_report(args.sweep_dir, args.out, args.references, plots=not args.no_plots, wandb=args.wandb,
-                         wandb_project=args.wandb_project)
+                         wandb_project=args.wandb_project, reference=args.reference)
     except FileNotFoundError as e:
         print(f"tgp-report: error: {e}", file=sys.stderr)
         return 2

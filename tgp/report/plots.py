@@ -1,13 +1,27 @@
-"""PNG plots of a sweep (matplotlib, Agg backend): accuracy vs sparsity, radar, training cost.
+"""PNG plots of a sweep (matplotlib, Agg backend), one figure of each kind per (dataset, model).
 
-One figure of each kind per (dataset, model). Published reference numbers (see
-``experiments/reference/``) are drawn dashed, labeled with their source, where the dataset and
-model match.
+* ``acc_vs_sparsity_*``: test top-1 (best-val checkpoint) against the density ``1 − sparsity`` on a
+  log axis (dense on the left, as pruning papers plot it), markers at the measured sparsities
+  only, the 95 % CI over seeds as a band, the teacher and the dense student as horizontal lines.
+* ``layer_density_*_s<sparsity>``: per-layer density (kept / total) of every method's mask at one
+  sparsity, from each job's ``prune/sparsity_report.json`` (mean over seeds).
+* ``acc_vs_flops_*``: top-1 against training FLOPs per job, one panel per sparsity, with the Pareto
+  front (when the jobs recorded their cost).
+* ``radar_*``: one polygon per method, one axis per sparsity; the radius is test top-1 in %.
+* ``cost_*``: training FLOPs, seconds (with the device) and epochs per job.
+
+A method has the same colour in every plot (:data:`METHOD_COLORS`; unknown names get a fixed
+colour from their name). Line style and marker fill say whether retraining used KD (solid and
+filled: KD; dashed and hollow: without); a sanity-check variant has its method's colour and its
+own marker. Published reference numbers (``experiments/reference/``) are dotted with squares.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,27 +29,81 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-from tgp.report.aggregate import variant_label  # noqa: E402
+from tgp.report.aggregate import method_rows, same_model, model_label, variant_label  # noqa: E402
+
+log = logging.getLogger("tgp")
+
+#: one colour per method in every plot of every report
+METHOD_COLORS = {
+    "tgp": "#1f77b4", "ce_grad": "#ff7f0e", "magnitude": "#2ca02c", "random": "#7f7f7f", "snip": "#d62728",
+    "epsd": "#9467bd", "imp": "#8c564b", "colt": "#e377c2", "sdp": "#bcbd22",
+}
+_SPARE_COLORS = ("#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
+                 "#9edae5")
+TEACHER_COLOR, DENSE_COLOR = "black", "#555555"
+SANITY_MARKERS = {"layer_shuffle": "v", "reinit": "^", "invert": "D", "random_uniform": "X", "random_erk": "P"}
+KD_NOTE = "solid, filled: retrained with KD · dashed, hollow: without KD"
+ACC_UNIT = "test top-1 %"
 
 
-def _by_setting(groups: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
-    """(dataset, model) → variant label → aggregate rows sorted by sparsity."""
+def method_color(method) -> str:
+    """The fixed colour of a method (a published number of the same method gets it too)."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _SPARE_COLORS[zlib.crc32(str(method).encode()) % len(_SPARE_COLORS)]
+
+
+def style(method, retrain_kd, sanity=None) -> dict:
+    """Matplotlib keywords for one variant: colour by method, KD by line style and marker fill,
+    a sanity check by its marker."""
+    color = method_color(method)
+    kw = {"color": color, "linestyle": "-" if retrain_kd else "--",
+          "marker": SANITY_MARKERS.get(sanity, "s") if sanity else "o",
+          "markerfacecolor": color if retrain_kd else "white", "markeredgecolor": color}
+    if sanity:
+        kw.update(alpha=0.75, linewidth=1.0)
+    return kw
+
+
+def _by_setting(groups: list[dict], metric: str = "top1_best_val") -> dict[tuple, dict[str, list[dict]]]:
+    """(dataset, model) → variant label → method rows sorted by sparsity."""
     out: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for g in groups:
-        if isinstance(g["target_sparsity"], (int, float)) and g["top1_best_val_mean"] is not None:
-            out[(g["dataset"], g["model"])][variant_label(g["method"], g["retrain_kd"])].append(g)
+    for g in method_rows(groups):
+        if isinstance(g["target_sparsity"], (int, float)) and g.get(f"{metric}_mean") is not None:
+            label = g.get("variant") or variant_label(g["method"], g["retrain_kd"], g.get("sanity"))
+            out[(g["dataset"], g["model"])][label].append(g)
     for variants in out.values():
         for rows in variants.values():
             rows.sort(key=lambda g: g["target_sparsity"])
     return out
 
 
-def _refs_for(refs: list[dict], dataset, model) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = defaultdict(list)
+def _baselines(groups, dataset, model) -> list[dict]:
+    return [g for g in groups if g.get("kind") in ("teacher", "dense") and g["dataset"] == dataset
+            and g["model"] == model and g.get("top1_last_mean") is not None]
+
+
+def _draw_baselines(ax, groups, dataset, model) -> None:
+    """The teacher and the dense student as horizontal lines, their CI over seeds as a faint band."""
+    for b in _baselines(groups, dataset, model):
+        teacher = b["kind"] == "teacher"
+        y = 100 * b["top1_last_mean"]
+        label = f"{b['label']} (last epoch, n={b['n']})"
+        kw = {"color": TEACHER_COLOR if teacher else DENSE_COLOR, "linestyle": ":" if teacher else "-.",
+              "linewidth": 1.2, "label": label}
+        ax.axhline(y, **kw)
+        if b.get("top1_last_lo") is not None:
+            ax.axhspan(100 * b["top1_last_lo"], 100 * b["top1_last_hi"], color=kw["color"], alpha=0.07)
+
+
+def _refs_for(refs: list[dict], dataset, model) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = defaultdict(list)
     for r in refs:
-        if r["dataset"] == dataset and r["model"] == model:
-            out[f"{r['method']} [{r['source']}, arXiv:{r['arxiv']} {r['table']}]"].append(r)
+        if r["dataset"] == dataset and same_model(r["model"], model):
+            out[(r["method"], f"{r['method']} [{r['source']}, arXiv:{r['arxiv']} {r['table']}]")].append(r)
     for rows in out.values():
         rows.sort(key=lambda r: r["sparsity"])
     return out
@@ -45,25 +113,51 @@ def _slug(*parts) -> str:
     return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
 
 
+def _density_axis(ax, densities) -> None:
+    ax.set_xscale("log")
+    ds = sorted({d for d in densities if d > 0}, reverse=True)
+    if ds:
+        ax.xaxis.set_major_locator(FixedLocator(ds))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{100 * d:.3g}" for d in ds], rotation=45 if len(ds) > 6 else 0, fontsize=8)
+        lo, hi = min(ds), max(ds)
+        ax.set_xlim(hi * 1.25, lo / 1.25)  # inverted: dense on the left, sparser to the right
+    ax.set_xlabel("density = 1 − target sparsity (% of prunable weights kept, log scale)")
+
+
 def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "top1_best_val") -> list[Path]:
+    """Top-1 vs density (log); markers only at the sparsities that were run; CI bands; dense lines."""
     paths = []
-    for (dataset, model), variants in sorted(_by_setting(groups).items(), key=lambda kv: str(kv[0])):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for i, (label, rows) in enumerate(sorted(variants.items())):
-            color = f"C{i % 10}"
-            xs = [100 * g["target_sparsity"] for g in rows]
+    for (dataset, model), variants in sorted(_by_setting(groups, metric).items(), key=lambda kv: str(kv[0])):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        densities = []
+        for label, rows in sorted(variants.items()):
+            rows = [g for g in rows if g["target_sparsity"] < 1]
+            if not rows:
+                continue
+            kw = style(rows[0]["method"], rows[0]["retrain_kd"], rows[0].get("sanity"))
+            xs = [1 - g["target_sparsity"] for g in rows]
+            densities += xs
             ys = [100 * g[f"{metric}_mean"] for g in rows]
-            sd = [100 * (g[f"{metric}_std"] or 0.0) for g in rows]
-            ax.plot(xs, ys, "o-", color=color, label=f"{label} (n={max(g['n'] for g in rows)})")
-            ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], color=color, alpha=0.2)
-        for j, (label, rows) in enumerate(sorted(_refs_for(refs, dataset, model).items())):
-            ax.plot([100 * r["sparsity"] for r in rows], [100 * r["top1"] for r in rows], "s--",
-                    color=f"C{(j + len(variants)) % 10}", alpha=0.8, label=label)
-        ax.set_xlabel("target sparsity (% of prunable weights removed)")
-        ax.set_ylabel(f"test top-1 % ({metric.replace('top1_', '').replace('_', ' ')})")
-        ax.set_title(f"{dataset} / {model}: top-1 vs sparsity (mean ± std over seeds)")
+            ax.plot(xs, ys, label=f"{label} (n={max(g['n'] for g in rows)})", **kw)
+            band = [(x, 100 * g[f"{metric}_lo"], 100 * g[f"{metric}_hi"]) for x, g in zip(xs, rows)
+                    if g.get(f"{metric}_lo") is not None]
+            if band:
+                bx, blo, bhi = zip(*band)
+                ax.fill_between(bx, blo, bhi, color=kw["color"], alpha=0.12 if not rows[0].get("sanity") else 0.06,
+                                linewidth=0)
+        for (method, label), rows in sorted(_refs_for(refs, dataset, model).items()):
+            rows = [r for r in rows if r["sparsity"] < 1]
+            densities += [1 - r["sparsity"] for r in rows]
+            ax.plot([1 - r["sparsity"] for r in rows], [100 * r["top1"] for r in rows], linestyle=":", marker="s",
+                    color=method_color(method), alpha=0.8, label=label)
+        _draw_baselines(ax, groups, dataset, model)
+        _density_axis(ax, densities)
+        checkpoint = "best-val checkpoint" if metric == "top1_best_val" else "last epoch"
+        ax.set_ylabel(f"{ACC_UNIT} ({checkpoint})")
+        ax.set_title(f"{dataset} / {model}: top-1 vs density (mean, 95 % CI band over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="best", title=KD_NOTE, title_fontsize=7)
         fig.tight_layout()
         path = out_dir / f"acc_vs_sparsity_{_slug(dataset, model)}.png"
         fig.savefig(path, dpi=120)
@@ -72,10 +166,143 @@ def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "top1_b
     return paths
 
 
+def _layer_report(run_dir) -> dict | None:
+    if not run_dir:
+        return None
+    path = Path(run_dir) / "prune" / "sparsity_report.json"
+    try:
+        return json.loads(path.read_text()).get("layers") or None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def layer_densities(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """(dataset, model, target sparsity) → variant label → ``{"layers": [names], "density": [mean over
+    seeds], "n": seeds, "style": ...}`` from each job's ``prune/sparsity_report.json``."""
+    acc: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        layers = _layer_report(r.get("run_dir"))
+        if not layers or not isinstance(r.get("target_sparsity"), (int, float)):
+            continue
+        key = (r.get("dataset"), model_label(r.get("model"), r.get("model_width")), r["target_sparsity"])
+        label = variant_label(r.get("method"), r.get("retrain_kd"), r.get("sanity") or None)
+        slot = acc[key].setdefault(label, {"sums": defaultdict(float), "counts": defaultdict(int), "order": [],
+                                           "n": 0, "style": style(r.get("method"), r.get("retrain_kd"),
+                                                                  r.get("sanity") or None)})
+        slot["n"] += 1
+        for name, d in layers.items():
+            if not d.get("total"):
+                continue
+            if name not in slot["sums"]:
+                slot["order"].append(name)
+            slot["sums"][name] += d["kept"] / d["total"]
+            slot["counts"][name] += 1
+    out: dict[tuple, dict[str, dict]] = {}
+    for key, variants in acc.items():
+        out[key] = {label: {"layers": s["order"], "density": [s["sums"][n] / s["counts"][n] for n in s["order"]],
+                            "n": s["n"], "style": s["style"]} for label, s in variants.items()}
+    return out
+
+
+def plot_layer_density(rows: list[dict], out_dir: Path) -> list[Path]:
+    """Per-layer density of each method's mask, one figure per (dataset, model, sparsity)."""
+    paths = []
+    for (dataset, model, sparsity), variants in sorted(layer_densities(rows).items(), key=lambda kv: str(kv[0])):
+        names = max((v["layers"] for v in variants.values()), key=len)
+        fig, ax = plt.subplots(figsize=(max(7.0, 0.28 * len(names) + 3), 4.8))
+        index = {n: i for i, n in enumerate(names)}
+        for label, v in sorted(variants.items()):
+            xs = [index[n] for n in v["layers"] if n in index]
+            ys = [d for n, d in zip(v["layers"], v["density"]) if n in index]
+            kw = dict(v["style"])
+            ax.plot(xs, [max(y, 1e-6) for y in ys], label=f"{label} (n={v['n']})", markersize=4, **kw)
+        ax.axhline(1 - sparsity, color="#999999", linewidth=0.8, linestyle="--",
+                   label=f"uniform density {100 * (1 - sparsity):.3g}%")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
+        ax.set_ylabel("layer density (kept / total weights, log)")
+        ax.set_title(f"{dataset} / {model}: per-layer density at {100 * sparsity:.4g}% target sparsity", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best", title=KD_NOTE, title_fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"layer_density_{_slug(dataset, model)}_s{sparsity:g}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both (lower cost, higher accuracy), by increasing cost."""
+    front, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "top1_best_val") -> list[Path]:
+    """Top-1 vs training FLOPs per job (the Pareto view), one panel per sparsity; only when the
+    jobs recorded ``cost_flops_own/_shared``."""
+    paths = []
+    by_setting: dict[tuple, list[dict]] = defaultdict(list)
+    for g in method_rows(groups):
+        if g.get("cost_flops_mean") and g.get(f"{metric}_mean") is not None \
+                and isinstance(g["target_sparsity"], (int, float)):
+            by_setting[(g["dataset"], g["model"])].append(g)
+    for (dataset, model), rows in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
+        levels = sorted({g["target_sparsity"] for g in rows})
+        cols = min(3, len(levels))
+        nrows = math.ceil(len(levels) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), squeeze=False)
+        handles: dict[str, Line2D] = {}
+        for ax, level in zip(axes.flat, levels):
+            pts = []
+            for g in sorted((g for g in rows if g["target_sparsity"] == level), key=lambda g: g["variant"]):
+                kw = style(g["method"], g["retrain_kd"], g.get("sanity"))
+                x, y = g["cost_flops_mean"], 100 * g[f"{metric}_mean"]
+                err = None
+                if g.get(f"{metric}_lo") is not None:
+                    err = [[y - 100 * g[f"{metric}_lo"]], [100 * g[f"{metric}_hi"] - y]]
+                ax.errorbar([x], [y], yerr=err, linestyle="none", capsize=3, marker=kw["marker"], color=kw["color"],
+                            markerfacecolor=kw["markerfacecolor"], markeredgecolor=kw["markeredgecolor"])
+                handles.setdefault(g["variant"], Line2D([], [], **{**kw, "linestyle": kw["linestyle"]}))
+                pts.append((x, y))
+            front = pareto_front(pts)
+            if len(front) > 1:
+                fx, fy = zip(*front)
+                ax.step(fx, fy, where="post", color="#999999", linewidth=1, zorder=0)
+            for b in _baselines(groups, dataset, model):
+                ax.axhline(100 * b["top1_last_mean"], color=TEACHER_COLOR if b["kind"] == "teacher" else DENSE_COLOR,
+                           linestyle=":" if b["kind"] == "teacher" else "-.", linewidth=1)
+            ax.set_xscale("log")
+            ax.set_title(f"sparsity {100 * level:.4g}%", fontsize=9)
+            ax.set_xlabel("training FLOPs per job (log)", fontsize=8)
+            ax.set_ylabel(f"{ACC_UNIT} (best-val ckpt)" if metric == "top1_best_val" else ACC_UNIT, fontsize=8)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(levels):]:
+            ax.axis("off")
+        for b in _baselines(groups, dataset, model):
+            handles.setdefault(b["label"], Line2D([], [], color=TEACHER_COLOR if b["kind"] == "teacher" else DENSE_COLOR,
+                                                  linestyle=":" if b["kind"] == "teacher" else "-."))
+        handles.setdefault("Pareto front", Line2D([], [], color="#999999"))
+        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=min(4, len(handles)),
+                   title=KD_NOTE + " · bars: 95 % CI", title_fontsize=7)
+        fig.suptitle(f"{dataset} / {model}: top-1 vs training FLOPs per job (all its stages)", fontsize=10)
+        fig.tight_layout(rect=(0, 0.06 + 0.03 * math.ceil(len(handles) / 4), 1, 1))
+        path = out_dir / f"acc_vs_flops_{_slug(dataset, model)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def plot_radar(groups, refs, out_dir: Path, metric: str = "top1_best_val") -> list[Path]:
     """One polygon per method, one axis per sparsity level (like the paper's Figure 1)."""
     paths = []
-    for (dataset, model), variants in sorted(_by_setting(groups).items(), key=lambda kv: str(kv[0])):
+    for (dataset, model), variants in sorted(_by_setting(groups, metric).items(), key=lambda kv: str(kv[0])):
         levels = sorted({g["target_sparsity"] for rows in variants.values() for g in rows})
         if len(levels) < 3:
             continue  # a radar needs at least three axes
@@ -87,28 +314,33 @@ def plot_radar(groups, refs, out_dir: Path, metric: str = "top1_best_val") -> li
             vals = [values_by_level.get(s) for s in levels]
             pts = [(a, v) for a, v in zip(angles, vals) if v is not None]
             if len(pts) < 2:
-                return
+                return None
             a, v = zip(*pts)
             drawn.extend(v)
             ax.plot([*a, a[0]], [*v, v[0]], **kw)
             return a, v
 
-        for i, (label, rows) in enumerate(sorted(variants.items())):
-            res = polygon({g["target_sparsity"]: 100 * g[f"{metric}_mean"] for g in rows}, color=f"C{i % 10}",
-                          marker="o", label=label)
-            if res:
-                ax.fill([*res[0], res[0][0]], [*res[1], res[1][0]], color=f"C{i % 10}", alpha=0.08)
-        for j, (label, rows) in enumerate(sorted(_refs_for(refs, dataset, model).items())):
+        for label, rows in sorted(variants.items()):
+            kw = style(rows[0]["method"], rows[0]["retrain_kd"], rows[0].get("sanity"))
+            res = polygon({g["target_sparsity"]: 100 * g[f"{metric}_mean"] for g in rows}, label=label, **kw)
+            if res and not rows[0].get("sanity"):
+                ax.fill([*res[0], res[0][0]], [*res[1], res[1][0]], color=kw["color"], alpha=0.06)
+        for (method, label), rows in sorted(_refs_for(refs, dataset, model).items()):
             polygon({r["sparsity"]: 100 * r["top1"] for r in rows if r["sparsity"] in levels},
-                    color=f"C{(j + len(variants)) % 10}", linestyle="--", marker="s", label=label)
+                    color=method_color(method), linestyle=":", marker="s", label=label)
         if drawn:  # the radius spans the data (from 0 the methods would be indistinguishable)
             lo, hi = min(drawn), max(drawn)
             pad = max(1.0, 0.1 * (hi - lo))
             ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
+        ax.set_rlabel_position(90 / len(levels))
+        ax.text(math.radians(90 / len(levels)), ax.get_ylim()[1] * 1.02, f"radius: {ACC_UNIT}", fontsize=8,
+                ha="left", va="bottom", color="#444444")
         ax.set_xticks(angles)
-        ax.set_xticklabels([f"{100 * s:.4g}%" for s in levels])
-        ax.set_title(f"{dataset} / {model}: top-1 % per sparsity", pad=22)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2)
+        ax.set_xticklabels([f"sparsity {100 * s:.4g}%" for s in levels], fontsize=8)
+        checkpoint = "best-val checkpoint" if metric == "top1_best_val" else "last epoch"
+        ax.set_title(f"{dataset} / {model}: {ACC_UNIT} ({checkpoint}, mean over seeds) per sparsity", pad=24,
+                     fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, title=KD_NOTE, title_fontsize=7)
         fig.tight_layout()
         path = out_dir / f"radar_{_slug(dataset, model)}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -118,30 +350,35 @@ def plot_radar(groups, refs, out_dir: Path, metric: str = "top1_best_val") -> li
 
 
 def plot_cost(groups, out_dir: Path) -> list[Path]:
-    """Training cost per method: mean seconds and epochs per job (over sparsities and seeds)."""
+    """Training cost per method: mean FLOPs (when recorded), seconds and epochs per job."""
     paths = []
     by_setting: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for g in groups:
-        by_setting[(g["dataset"], g["model"])][variant_label(g["method"], g["retrain_kd"])].append(g)
+    for g in method_rows(groups):
+        by_setting[(g["dataset"], g["model"])][g.get("variant") or variant_label(g["method"], g["retrain_kd"])].append(g)
     for (dataset, model), variants in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
         labels = sorted(variants)
 
         def mean_of(rows, key):
-            pairs = [(g[key], g["n"]) for g in rows if g[key] is not None]
+            pairs = [(g[key], g["n"]) for g in rows if g.get(key) is not None]
             return sum(v * n for v, n in pairs) / max(sum(n for _, n in pairs), 1) if pairs else 0.0
 
-        secs = [mean_of(variants[lb], "seconds_total_mean") for lb in labels]
-        epochs = [mean_of(variants[lb], "epochs_total_mean") for lb in labels]
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(7, 1.2 * len(labels) + 3), 4))
-        colors = [f"C{i % 10}" for i in range(len(labels))]
-        a1.bar(labels, secs, color=colors)
-        a1.set_ylabel("seconds per job (all stages)")
-        a2.bar(labels, epochs, color=colors)
-        a2.set_ylabel("epochs per job (all stages)")
-        for ax in (a1, a2):
-            ax.tick_params(axis="x", rotation=30)
+        panels = []
+        if any(g.get("cost_flops_mean") for rows in variants.values() for g in rows):
+            panels.append(("cost_flops_mean", "training FLOPs per job (all stages)"))
+        devices = sorted({g["device"] for rows in variants.values() for g in rows if g.get("device")})
+        panels.append(("seconds_total_mean", f"seconds per job ({', '.join(devices) or 'device not recorded'})"))
+        panels.append(("epochs_total_mean", "epochs per job (all stages)"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(max(7, 1.1 * len(labels) + 3) * len(panels) / 2, 4.2))
+        colors = [method_color(variants[lb][0]["method"]) for lb in labels]
+        hatches = ["" if variants[lb][0]["retrain_kd"] else "//" for lb in labels]
+        for ax, (key, ylabel) in zip(axes, panels):
+            bars = ax.bar(labels, [mean_of(variants[lb], key) for lb in labels], color=colors, edgecolor="white")
+            for bar, h in zip(bars, hatches):
+                bar.set_hatch(h)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.tick_params(axis="x", rotation=35, labelsize=7)
             ax.grid(axis="y", alpha=0.3)
-        fig.suptitle(f"{dataset} / {model}: training cost per method (mean per job)")
+        fig.suptitle(f"{dataset} / {model}: training cost per method (mean per job; hatched: without KD)", fontsize=10)
         fig.tight_layout()
         path = out_dir / f"cost_{_slug(dataset, model)}.png"
         fig.savefig(path, dpi=120)
@@ -150,7 +387,8 @@ def plot_cost(groups, out_dir: Path) -> list[Path]:
     return paths
 
 
-def make_plots(groups, refs, out_dir: Path) -> list[Path]:
+def make_plots(groups, refs, out_dir: Path, rows: list[dict] | None = None) -> list[Path]:
+    """All plots; ``rows`` (the jobs' metrics rows, with ``run_dir``) for the per-layer densities."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [*plot_accuracy_vs_sparsity(groups, refs, out_dir), *plot_radar(groups, refs, out_dir),
-            *plot_cost(groups, out_dir)]
+    return [*plot_accuracy_vs_sparsity(groups, refs, out_dir), *plot_layer_density(rows or [], out_dir),
+            *plot_accuracy_vs_flops(groups, out_dir), *plot_radar(groups, refs, out_dir), *plot_cost(groups, out_dir)]

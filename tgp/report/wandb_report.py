@@ -1,8 +1,11 @@
 """``tgp-report --wandb``: one W&B comparison run for a sweep.
 
-Logs a ``wandb.Table`` (method × retrain × dataset × model × sparsity: top-1 mean ± std, n) and,
-per (dataset, model), an accuracy-vs-sparsity line chart (``wandb.plot.line_series``) with our
-means and the published reference numbers, plus the report's PNG plots. Offline without an API
+Logs a ``wandb.Table`` ``comparison`` (method [+ sanity variant] × retrain × dataset × model ×
+sparsity, plus the teacher and dense-student rows: top-1 mean ± std, 95 % CI, n, the paired
+difference to the reference method with its CI and mark, nominal/measured/effective sparsity,
+training FLOPs and seconds per job), a ``cost`` table (per method, each stage once), per
+(dataset, model) an accuracy-vs-sparsity line chart (``wandb.plot.line_series``) with our means
+and the published reference numbers, and the report's PNG plots. Offline without an API
 key, like the training runs (see tgp/logging_wandb.py).
 """
 
@@ -12,27 +15,56 @@ from collections import defaultdict
 from pathlib import Path
 
 
+COLUMNS = ("kind", "method", "sanity", "retrain_kd", "dataset", "model", "sparsity", "measured_sparsity",
+           "effective_sparsity", "top1_best_val_mean", "top1_best_val_std", "top1_best_val_ci_lo", "top1_best_val_ci_hi",
+           "top1_last_mean", "top1_last_std", "top1_last_ci_lo", "top1_last_ci_hi", "reference",
+           "diff_top1_best_val_mean", "diff_top1_best_val_ci_lo", "diff_top1_best_val_ci_hi", "diff_top1_best_val_mark",
+           "diff_top1_last_mean", "diff_top1_last_ci_lo", "diff_top1_last_ci_hi", "diff_top1_last_mark", "n_pairs",
+           "train_flops_per_job", "seconds_per_job", "device", "epochs_total", "n")
+
+
+def comparison_rows(groups: list[dict]) -> list[list]:
+    """The rows of the ``comparison`` table, in :data:`COLUMNS` order."""
+    out = []
+    for g in groups:
+        out.append([
+            g.get("kind", "method"), g.get("label") or g["method"], g.get("sanity"), g.get("retrain_kd"), g["dataset"],
+            g["model"], g["target_sparsity"], g.get("measured_sparsity_mean"), g.get("effective_sparsity_mean"),
+            g["top1_best_val_mean"], g["top1_best_val_std"], g.get("top1_best_val_lo"), g.get("top1_best_val_hi"),
+            g["top1_last_mean"], g["top1_last_std"], g.get("top1_last_lo"), g.get("top1_last_hi"), g.get("reference"),
+            g.get("diff_top1_best_val_mean"), g.get("diff_top1_best_val_lo"), g.get("diff_top1_best_val_hi"),
+            g.get("diff_top1_best_val_mark", ""), g.get("diff_top1_last_mean"), g.get("diff_top1_last_lo"),
+            g.get("diff_top1_last_hi"), g.get("diff_top1_last_mark", ""), g.get("diff_top1_best_val_n", 0),
+            g.get("cost_flops_mean"), g.get("seconds_total_mean"), g.get("device"), g.get("epochs_total_mean"), g["n"],
+        ])
+    return out
+
+
 def log_comparison(groups: list[dict], refs: list[dict], plots: list[Path], *, name: str, project: str = "tgp",
-                   save_dir: str | Path | None = None) -> str | None:
+                   save_dir: str | Path | None = None, costs: list[dict] | None = None) -> str | None:
     """Log the comparison run; return its local folder (what ``wandb sync`` takes)."""
     import wandb
 
     from tgp.logging_wandb import ensure_wandb_mode
-    from tgp.report.aggregate import variant_label
+    from tgp.report.aggregate import method_rows, same_model
 
     mode = ensure_wandb_mode()
     save_dir = Path(save_dir) if save_dir else (Path(plots[0]).parent if plots else Path("."))
     run = wandb.init(project=project, group=name, job_type="report", name=f"report-{name}", dir=str(save_dir),
                      reinit="create_new")
     try:
-        columns = ["method", "retrain_kd", "dataset", "model", "sparsity", "top1_best_val_mean", "top1_best_val_std",
-                   "top1_last_mean", "top1_last_std", "measured_sparsity", "epochs_total", "seconds_total", "n"]
-        table = wandb.Table(columns=columns)
-        for g in groups:
-            table.add_data(g["method"], g["retrain_kd"], g["dataset"], g["model"], g["target_sparsity"],
-                           g["top1_best_val_mean"], g["top1_best_val_std"], g["top1_last_mean"], g["top1_last_std"],
-                           g["measured_sparsity_mean"], g["epochs_total_mean"], g["seconds_total_mean"], g["n"])
+        table = wandb.Table(columns=list(COLUMNS))
+        for row in comparison_rows(groups):
+            table.add_data(*row)
         logs = {"comparison": table}
+        if costs:
+            cost_table = wandb.Table(columns=["method", "dataset", "model", "seeds", "jobs", "train_flops",
+                                              "train_flops_exclusive", "seconds", "seconds_device"])
+            for c in costs:
+                cost_table.add_data(c.get("label") or c.get("method"), c.get("dataset"), c.get("model"), c.get("seeds"),
+                                    c.get("jobs"), c.get("flops"), c.get("flops_exclusive"), c.get("seconds"),
+                                    c.get("seconds_device"))
+            logs["cost"] = cost_table
         ref_table = wandb.Table(columns=["source", "method", "dataset", "model", "sparsity", "top1", "arxiv", "table"])
         for r in refs:
             ref_table.add_data(r["source"], r["method"], r["dataset"], r["model"], r["sparsity"], r["top1"],
@@ -40,14 +72,14 @@ def log_comparison(groups: list[dict], refs: list[dict], plots: list[Path], *, n
         logs["references"] = ref_table
 
         settings: dict[tuple, dict[str, dict[float, float]]] = defaultdict(dict)
-        for g in groups:
+        for g in method_rows(groups):
             if isinstance(g["target_sparsity"], (int, float)) and g["top1_best_val_mean"] is not None:
-                label = variant_label(g["method"], g["retrain_kd"])
+                label = g["variant"]
                 settings[(g["dataset"], g["model"])].setdefault(label, {})[g["target_sparsity"]] = g["top1_best_val_mean"]
         for r in refs:
-            key = (r["dataset"], r["model"])
-            if key in settings:
-                settings[key].setdefault(f"{r['method']} [{r['source']}]", {})[r["sparsity"]] = r["top1"]
+            for (dataset, model), series in settings.items():
+                if dataset == r["dataset"] and same_model(r["model"], model):
+                    series.setdefault(f"{r['method']} [{r['source']}]", {})[r["sparsity"]] = r["top1"]
         for (dataset, model), series in settings.items():
             labels = sorted(series)
             logs[f"acc_vs_sparsity/{dataset}/{model}"] = wandb.plot.line_series(
@@ -56,9 +88,10 @@ def log_comparison(groups: list[dict], refs: list[dict], plots: list[Path], *, n
                 keys=labels, title=f"{dataset} / {model}: top-1 vs sparsity", xname="target sparsity",
             )
         for p in plots:
-            logs[f"plots/{Path(p).stem}"] = wandb.Image(str(p))
+            logs[f"plots/{Path(p).stem.replace('.', '_')}"] = wandb.Image(str(p))  # a '.' in a key nests it
         run.log(logs)
-        run.summary.update({"n_settings": len(groups), "n_references": len(refs)})
+        run.summary.update({"n_settings": len(method_rows(groups)), "n_references": len(refs),
+                            "reference_method": next((g["reference"] for g in groups if g.get("reference")), None)})
         sync_dir = getattr(run.settings, "sync_dir", None)
     finally:
         run.finish()
