@@ -18,10 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tgp.distill.losses import DistillationLoss, estimate_dataset_confidence
-from tgp.io import atomic_save_json, atomic_torch_save
+from tgp.io import atomic_save_json, atomic_torch_save, read_json
 from tgp.lit import ClassifierModule
 from tgp.pruning.callbacks import OneShotPruning
-from tgp.pruning.mask import Mask, apply_mask, load_mask, save_mask, sparsity_report
+from tgp.pruning.mask import Mask, apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.sanity import RANDOM_VARIANTS, REINIT_SEED_OFFSET, SEED_OFFSET, layer_shuffle, random_variant_mask
 from tgp.stages import StageKind
 from tgp.training import load_net_weights
 
@@ -30,8 +31,10 @@ log = logging.getLogger("tgp")
 INIT = StageKind("init", reads=("model",))
 TEACHER = StageKind("teacher", reads=("teacher",))
 KD_PRETRAIN = StageKind("kd_pretrain", reads=("model", "distill", "kd_pretrain"))
-ONE_SHOT_PRUNE = StageKind("prune", reads=("model", "pruning", "method", "distill"))
-RETRAIN = StageKind("retrain", reads=("model", "retrain", "distill"))
+# version 2: pruning.sanity variants; the teacher scores in eval mode also when kd_pretrain was skipped
+ONE_SHOT_PRUNE = StageKind("prune", reads=("model", "pruning", "method", "distill"), version=2)
+# version 2: reads pruning.sanity (reinit starts from a fresh initialization)
+RETRAIN = StageKind("retrain", reads=("model", "retrain", "distill", "pruning.sanity"), version=2)
 
 LossFn = Callable  # (model, x, y) -> scalar loss
 
@@ -58,6 +61,15 @@ def load_weights(job, node: DictConfig, path: Path) -> torch.nn.Module:
 
 def load_stage_net(job, node: DictConfig, stage: str) -> torch.nn.Module:
     return load_weights(job, node, job.stage_path(stage, "net.pt"))
+
+
+def sparse_start_net(job, cfg: DictConfig, stage: str) -> torch.nn.Module:
+    """The weights sparse training starts from: stage ``stage``'s, or with ``pruning.sanity=reinit``
+    a fresh initialization drawn from another seed (``seed + REINIT_SEED_OFFSET``) — the same
+    mask, not the method's weights. The stage's kind must read ``pruning.sanity``."""
+    if cfg.pruning.sanity == "reinit":
+        return build_net(job, cfg.model, seed_offset=REINIT_SEED_OFFSET)
+    return load_stage_net(job, cfg.model, stage)
 
 
 def make_module(job, net, criterion, stage: str, epochs: int, lr: float, module_cls=ClassifierModule,
@@ -124,7 +136,10 @@ def teacher_stage(job) -> torch.nn.Module:
         return job.training.fit("teacher", folder, module, int(t.epochs))
 
     job.run(TEACHER, run)
-    return load_stage_net(job, job.cfg.teacher.net, "teacher")
+    # Frozen and in eval mode for every later use, whether or not a stage that wraps it in a module
+    # (which does the same) ran in this process: the prune stage's teacher-guided score must not
+    # depend on whether kd_pretrain was computed or skipped (BatchNorm batch statistics otherwise).
+    return load_stage_net(job, job.cfg.teacher.net, "teacher").eval().requires_grad_(False)
 
 
 def kd_pretrain_stage(job, teacher) -> float | None:
@@ -147,14 +162,36 @@ def kd_pretrain_stage(job, teacher) -> float | None:
 
 
 def use_given_mask(job, cfg: DictConfig, net, folder: Path) -> dict:
-    """``pruning.mask``: a given mask replaces the score; checked against the model, saved as the stage's mask."""
+    """``pruning.mask``: a given mask replaces the score; checked against the model, saved as the stage's mask
+    (with ``pruning.sanity=layer_shuffle``: shuffled within each layer)."""
     p = cfg.pruning
     mask = load_mask(p.mask, net)
+    if p.sanity == "layer_shuffle":
+        mask = layer_shuffle(mask, int(cfg.seed) + SEED_OFFSET)
     save_mask(mask, folder / "mask.pt")
-    atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask)},
+    atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask), "sanity": p.sanity},
                      folder / "sparsity_report.json")
     apply_mask(net, mask)
-    return {"epochs": 0, "mask_from": str(p.mask), "top1_pruned": job.training.evaluate(net)}
+    return {"epochs": 0, "mask_from": str(p.mask), "sanity": p.sanity, "top1_pruned": job.training.evaluate(net)}
+
+
+class SanityPruning(OneShotPruning):
+    """:class:`OneShotPruning` with a sanity-check variant (``pruning.sanity``, :mod:`tgp.pruning.sanity`):
+    ``invert`` thresholds the negated score, ``layer_shuffle`` shuffles the method's mask within
+    each layer, ``random_uniform``/``random_erk`` replace it by a random mask with those per-layer
+    counts (no score computed); ``reinit`` and None leave the mask as it is. Seeded by
+    ``sanity_seed`` (drawn on the CPU), so every rank builds the identical mask."""
+
+    def __init__(self, *, sanity: str | None, sanity_seed: int, **kw):
+        super().__init__(invert=sanity == "invert", **kw)
+        self.sanity, self.sanity_seed = sanity, int(sanity_seed)
+
+    def compute_mask(self, trainer, pl_module) -> Mask:
+        if self.sanity in RANDOM_VARIANTS:
+            params = prunable_parameters(pl_module.net, self.exclude)
+            return random_variant_mask(self.sanity, params, self.sparsity, self.sanity_seed)
+        mask = super().compute_mask(trainer, pl_module)
+        return layer_shuffle(mask, self.sanity_seed) if self.sanity == "layer_shuffle" else mask
 
 
 def prune_stage(job, *, source: str, score: str, make_loss: Callable[[DictConfig], LossFn] | None = None,
@@ -164,6 +201,8 @@ def prune_stage(job, *, source: str, score: str, make_loss: Callable[[DictConfig
     ``score`` is ``gradient`` (``|θ ⊙ ∇θ L|``, ``L = make_loss(view)``, CE when None),
     ``magnitude`` or ``random``. Runs ``trainer.validate`` with the callback, so the pruned
     network's validation accuracy is measured by the same Trainer (and DDP processes) that pruned it.
+    ``pruning.sanity`` applies a sanity-check variant (:class:`SanityPruning`) and is recorded in
+    ``sparsity_report.json`` and the stage result.
     """
 
     def run(folder: Path, cfg: DictConfig) -> dict:
@@ -172,28 +211,33 @@ def prune_stage(job, *, source: str, score: str, make_loss: Callable[[DictConfig
         if p.mask:
             return use_given_mask(job, cfg, net, folder)
         module = make_module(job, net, ce_loss(), "prune", 1, 0.0)
-        callback = OneShotPruning(
+        sanity = p.sanity
+        callback = SanityPruning(
             keep_class_rows=bool(p.keep_class_rows),
             sparsity=float(p.sparsity), out_dir=folder, score=score, score_batches=int(p.score_batches),
             accumulate=str(p.accumulate), exclude=list(p.exclude), min_layer_density=float(p.min_layer_density),
             seed=int(cfg.seed), loss_fn=make_loss(cfg) if make_loss is not None else None,
+            sanity=sanity, sanity_seed=int(cfg.seed) + SEED_OFFSET,
         )
         metrics = job.training.trainer("prune", folder, callbacks=[callback]).validate(
             module, datamodule=job.dm, verbose=False)
+        report = read_json(folder / "sparsity_report.json")  # written by rank 0 (another process under ddp_spawn)
+        atomic_save_json({**report, "sanity": sanity}, folder / "sparsity_report.json")
         apply_mask(net, load_mask(folder / "mask.pt", net))
         val = metrics[0].get("prune/val/acc") if metrics else None
-        return {"epochs": 0, "val_acc_pruned": None if val is None else float(val),
+        return {"epochs": 0, "sanity": sanity, "val_acc_pruned": None if val is None else float(val),
                 "top1_pruned": job.training.evaluate(net)}
 
     return job.run(kind, run, parent=source)
 
 
 def retrain_stage(job, *, source: str, teacher=None, confidence: float | None = None) -> dict:
-    """Sparse retraining of stage ``source``'s weights with the fixed mask of ``prune``; KD or CE per ``retrain.kd``."""
+    """Sparse retraining of stage ``source``'s weights (a fresh initialization with ``pruning.sanity=reinit``)
+    with the fixed mask of ``prune``; KD or CE per ``retrain.kd``."""
 
     def run(folder: Path, cfg: DictConfig) -> dict:
         use_kd = bool(cfg.retrain.kd) and teacher is not None
-        net = load_stage_net(job, cfg.model, source)
+        net = sparse_start_net(job, cfg, source)
         mask = load_mask(job.stage_path("prune", "mask.pt"), net)
         criterion = kd_loss(cfg.distill, confidence) if use_kd else ce_loss()
         r = cfg.retrain

@@ -26,6 +26,7 @@ def validate_job(cfg: DictConfig, spec, dm, student) -> None:
     check_batch_size(cfg)
     prunable_parameters(student, list(cfg.pruning.exclude))  # raises on a pattern that matches nothing
     check_mask(cfg, spec, student)
+    check_sanity(cfg, spec)
 
 
 def _source(cfg: DictConfig, path: str) -> str:
@@ -123,6 +124,38 @@ def check_batch_size(cfg: DictConfig) -> None:
         raise ConfigError("data.batch_size", batch, f"is the global batch, split evenly over the {world} DDP "
                           f"processes, and does not divide by {world}.",
                           f"set data.batch_size to a multiple of {world}.")
+
+
+def check_sanity(cfg: DictConfig, spec) -> None:
+    """``pruning.sanity``: a known variant (:mod:`tgp.pruning.sanity`), for a method whose mask comes from a one-shot
+    prune stage (those that accept ``pruning.mask``), and not combined with settings it would silently ignore."""
+    from tgp.pruning.sanity import RANDOM_VARIANTS, VARIANTS
+
+    value = OmegaConf.select(cfg, "pruning.sanity", default=None)
+    if value is None:
+        return
+    if value not in VARIANTS:
+        import difflib
+
+        close = difflib.get_close_matches(str(value), VARIANTS, n=1, cutoff=0.6)
+        raise ConfigError("pruning.sanity", value, "no such sanity-check variant.",
+                          (f"did you mean pruning.sanity={close[0]}? " if close else "")
+                          + f"use null (the method itself) or one of: {', '.join(VARIANTS)}.")
+    if not spec.accepts_mask:
+        from tgp.methods import load_all
+
+        one_shot = [n for n, s in sorted(load_all().items()) if s.accepts_mask]
+        raise ConfigError("pruning.sanity", value, f"method {spec.name} does not prune in one shot; sanity-check "
+                          "variants are defined for one-shot methods only.",
+                          f"use pruning.sanity with one of {', '.join(one_shot)}, or drop it.")
+    if OmegaConf.select(cfg, "pruning.mask", default=None) and value in ("invert", *RANDOM_VARIANTS):
+        raise ConfigError("pruning.sanity", value, "this variant needs the method's score or ignores any mask, so "
+                          f"the given pruning.mask={cfg.pruning.mask!r} would be ignored.",
+                          "drop pruning.mask, or use pruning.sanity=layer_shuffle or reinit with it.")
+    if value in RANDOM_VARIANTS and float(OmegaConf.select(cfg, "pruning.min_layer_density", default=0.0) or 0.0) > 0:
+        raise ConfigError("pruning.sanity", value, "this variant sets every layer's density itself, so "
+                          f"pruning.min_layer_density={cfg.pruning.min_layer_density} would be ignored.",
+                          "set pruning.min_layer_density=0 for this variant.")
 
 
 def check_mask(cfg: DictConfig, spec, student) -> None:

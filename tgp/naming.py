@@ -1,6 +1,6 @@
 """Run names derived from the resolved config (not the clock), as OmegaConf resolvers.
 
-``${tgp_run_name:}`` → ``<method>-<dataset>-<model>-s<sparsity>-seed<seed>-<hash>``, where the hash
+``${tgp_run_name:}`` → ``<method>-<dataset>-<model>-s<sparsity>[-ce][-sanity_<variant>]-seed<seed>-<hash>``, where the hash
 covers every setting that changes results (infrastructure such as paths, loggers, device count
 and data-loader workers excluded). The same command therefore finds the same run directory and
 resumes there, and each job of a sweep gets a stable folder of its own.
@@ -44,7 +44,9 @@ def run_name(cfg: DictConfig) -> str:
 
     data = str(pick("data._target_", "data")).rsplit(".", 1)[-1].replace("DataModule", "").lower()
     kd = "" if pick("retrain.kd", True) else "-ce"
-    return (f"{pick('method.name')}-{data}-{pick('model.name')}-s{pick('pruning.sparsity')}{kd}"
+    sanity = OmegaConf.select(cfg, "pruning.sanity", default=None)
+    sanity = f"-sanity_{sanity}" if sanity else ""
+    return (f"{pick('method.name')}-{data}-{pick('model.name')}-s{pick('pruning.sparsity')}{kd}{sanity}"
             f"-seed{pick('seed')}-{config_hash(cfg)}")
 
 

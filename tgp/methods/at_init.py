@@ -28,7 +28,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from tgp.blocks import build_net, ce_loss, init_stage, load_stage_net, make_module, prune_stage
+from tgp.blocks import (
+    build_net, ce_loss, init_stage, load_stage_net, make_module, prune_stage, sparse_start_net,
+)
 from tgp.data.views import SelfDistillData
 from tgp.distill.self_distill import REGIMES, SCORE_BN, ce_score_loss, score_loss
 from tgp.errors import ConfigError
@@ -41,9 +43,9 @@ from tgp.stages import StageKind
 # The at-init student's budget (ours): kd_pretrain.epochs + retrain.epochs epochs at kd_pretrain.lr.
 BUDGET_NODES = ("model", "kd_pretrain", "retrain", "method")
 AT_INIT_PRUNE = StageKind("at_init_prune", folder="prune", reads=("model", "pruning", "method"))
-SNIP_RETRAIN = StageKind("snip_retrain", folder="retrain", reads=BUDGET_NODES)
+SNIP_RETRAIN = StageKind("snip_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=2)
 EPSD_WARMUP = StageKind("epsd_warmup", folder="warmup", reads=BUDGET_NODES)
-EPSD_RETRAIN = StageKind("epsd_retrain", folder="retrain", reads=BUDGET_NODES)
+EPSD_RETRAIN = StageKind("epsd_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=2)
 
 
 @dataclass
@@ -104,7 +106,7 @@ def run_snip(job) -> str:
                 make_loss=lambda cfg: ce_score_loss(_check_score_bn(cfg.method.score_bn)))
 
     def run(folder: Path, cfg: DictConfig) -> dict:
-        net = load_stage_net(job, cfg.model, "init")
+        net = sparse_start_net(job, cfg, "init")  # θ_init, or a fresh init with pruning.sanity=reinit
         mask = load_mask(job.stage_path("prune", "mask.pt"), net)
         epochs = student_epochs(cfg)
         module = make_module(job, net, ce_loss(), "retrain", epochs, cfg.kd_pretrain.lr, mask=mask)
@@ -151,7 +153,7 @@ def run_epsd(job) -> str:
     prune_stage(job, source=source, score="gradient", kind=AT_INIT_PRUNE, make_loss=make_loss)
 
     def run(folder: Path, cfg: DictConfig) -> dict:
-        net = load_stage_net(job, cfg.model, "init")
+        net = sparse_start_net(job, cfg, "init")  # θ_init, or a fresh init with pruning.sanity=reinit
         mask = load_mask(job.stage_path("prune", "mask.pt"), net)
         module = _sd_module(job, cfg, net, "retrain", mask=mask)
         return job.training.fit("retrain", folder, module, student_epochs(cfg), datamodule=sd_data)

@@ -37,6 +37,7 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
         "seed": int(cfg.seed),
         # KD in retraining needs a teacher; methods without one retrain with their own loss.
         "retrain_kd": bool(OmegaConf.select(cfg, "retrain.kd", default=False)) and spec.uses_teacher,
+        "sanity": OmegaConf.select(cfg, "pruning.sanity", default=None),  # sanity-check variant; None = the method
         "target_sparsity": float(cfg.pruning.sparsity),
         "measured_sparsity": zeros / max(total_prunable, 1),
         "sparsity_all": (params_total - params_nonzero) / params_total,
