@@ -14,6 +14,10 @@ epoch exactly once.
 **Hardware-independent meaning.** ``data.batch_size`` is the global batch (split over the DDP
 ranks by the datamodule) and BatchNorm statistics are synchronized over the ranks whenever
 there is more than one, so a stage means the same experiment on 1 or 8 processes.
+
+**Cost.** Every fit counts the examples through its training step and their FLOPs
+(:class:`TrainingCost`, per-example counts from :mod:`tgp.report.flops`), all ranks together and
+checkpointed with each epoch, and records them in the stage's result with the device it ran on.
 """
 
 from __future__ import annotations
@@ -91,8 +95,11 @@ class Training:
         """Fit ``module`` for ``epochs``, resuming from ``last.ckpt``; test the last and the best-val weights.
 
         Returns ``epochs``, ``top1_last``, ``top1_best_val``, ``val_acc_best``, and what it trained
-        with: ``world_size`` and ``per_rank_batch``. A SIGTERM/SIGUSR1 raises ``SystemExit`` after
-        the current batch (``last.ckpt`` keeps the last finished epoch).
+        with: ``world_size``, ``per_rank_batch`` and ``device``; and its cost (:class:`TrainingCost`):
+        ``train_examples`` (examples through the training step, all ranks and epochs),
+        ``train_flops_dense`` and ``train_flops`` (with the mask at each epoch's start). A
+        SIGTERM/SIGUSR1 raises ``SystemExit`` after the current batch (``last.ckpt`` keeps the last
+        finished epoch).
         """
         from tgp.pruning.enforcer import MaskEnforcer
 
@@ -110,10 +117,12 @@ class Training:
         )
         last = EpochEndCheckpoint(folder / "last.ckpt", attempts=self.clock())
         signals = PreemptionSignals()
+        cost = TrainingCost(module_training_flops(module, dm))
         trainer = self.trainer(
             stage, folder, max_epochs=epochs, log_version=f"attempt_{attempt}",
+            # cost last: it reads the mask after any callback that changes it at an epoch's start.
             callbacks=[EpochSeed(seed, stage), AttemptLog(logs / f"attempt_{attempt}"), best, last,
-                       MaskEnforcer(), signals, *callbacks],
+                       MaskEnforcer(), signals, *callbacks, cost],
         )
         # Before any process starts (a ConfigError here, not inside a spawned rank).
         batch = per_rank_batch(int(dm.batch_size), trainer.world_size) if hasattr(dm, "batch_size") else None
@@ -135,7 +144,7 @@ class Training:
             merge_attempt_metrics(logs, folder / "metrics.csv")
         net = module.net
         result = {"epochs": epochs, "world_size": int(trainer.world_size), "per_rank_batch": batch,
-                  "top1_last": self.evaluate(net)}
+                  "device": device_name(trainer), **cost.result(ckpt, epochs), "top1_last": self.evaluate(net)}
         best_path = Path(best.best_model_path) if best.best_model_path else None
         if best_path and best_path.exists():
             state = torch.load(best_path, map_location="cpu", weights_only=False)
@@ -309,6 +318,110 @@ class PreemptionSignals(Callback):
 
     def __getstate__(self) -> dict:  # a handler is not picklable (ddp_spawn)
         return {"_previous": None, "received": None}
+
+
+# -- cost ----------------------------------------------------------------------------------------
+def module_training_flops(module, dm):
+    """The :class:`~tgp.report.flops.TrainingFlops` of ``module``'s training step on ``dm``'s
+    examples: the student's forward + backward, plus what else runs per example — the frozen
+    teacher's forward when the loss uses it (KD weight > 0), SDP's frozen dense copy's
+    ``forward_features`` when its cross-correlation term is on, CS-KD's partner half forward only.
+    ``None`` when the datamodule does not say its input shape (the cost is then not recorded)."""
+    from tgp.report.flops import TrainingFlops
+
+    try:
+        shape = (int(dm.in_channels), int(dm.image_size), int(dm.image_size))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    teacher, call = getattr(module, "teacher", None), None
+    if hasattr(module, "cc_weight"):  # SelfDistilledPruningModule: the dense copy's features
+        teacher, call = (teacher, "forward_features") if float(module.cc_weight) > 0 else (None, None)
+    elif teacher is not None and not float(getattr(module.criterion, "kd_weight", 0.0) or 0.0) > 0:
+        teacher = None  # ClassifierModule runs the teacher only for a KD term
+    return TrainingFlops(module.net, shape, teacher, call, partners=getattr(module, "regime", None) == "cskd")
+
+
+def device_name(trainer) -> str:
+    """``"cpu"`` or the CUDA device's name, prefixed with the process count under DDP (``"2x cpu"``)."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    name = "cpu"
+    if isinstance(trainer.accelerator, CUDAAccelerator) and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(trainer.strategy.root_device)
+    elif type(trainer.accelerator).__name__ != "CPUAccelerator":
+        name = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+    return f"{trainer.world_size}x {name}" if trainer.world_size > 1 else name
+
+
+class TrainingCost(Callback):
+    """Examples through the training step and their FLOPs, summed over batches and all DDP ranks.
+
+    Each batch's size goes into a per-epoch count; at the epoch's end the counts are all-reduced
+    and added to the totals, which are checkpointed with the epoch (``state_dict``), so a resumed
+    stage ends with the totals of an uninterrupted one (a redone partial epoch costs seconds but
+    is not counted twice). FLOPs per batch: :meth:`TrainingFlops.batch` with the densities of the
+    module's mask at the epoch's start (SDP changes it at every epoch start; a fixed mask gives
+    the same number every epoch).
+    """
+
+    def __init__(self, flops=None):
+        self.flops = flops  # tgp.report.flops.TrainingFlops or None
+        self.examples = self.flops_dense = self.flops_nonzero = self.epochs = 0
+        self._epoch = [0, 0, 0]
+        self._densities: dict[str, float] = {}
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        from tgp.report.flops import mask_densities
+
+        self._epoch = [0, 0, 0]
+        self._densities = mask_densities(getattr(pl_module, "mask", None))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        n = int(len(x))
+        dense, nonzero = self.flops.batch(n, self._densities) if self.flops is not None else (0, 0)
+        self._epoch[0] += n
+        self._epoch[1] += dense
+        self._epoch[2] += nonzero
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        counts = torch.tensor(self._epoch, dtype=torch.int64, device=pl_module.device)
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        examples, dense, nonzero = (int(v) for v in counts.cpu().tolist())
+        self.examples += examples
+        self.flops_dense += dense
+        self.flops_nonzero += nonzero
+        self.epochs += 1
+        self._epoch = [0, 0, 0]
+
+    def state_dict(self) -> dict:
+        return {"examples": self.examples, "flops_dense": self.flops_dense, "flops": self.flops_nonzero,
+                "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.examples, self.flops_dense = int(state["examples"]), int(state["flops_dense"])
+        self.flops_nonzero, self.epochs = int(state["flops"]), int(state["epochs"])
+
+    def result(self, ckpt: Path | None = None, epochs: int = 0) -> dict:
+        """The stage's cost fields. Read from ``ckpt`` (this callback's state in ``last.ckpt``) when it
+        has them: the ranks of ``ddp_spawn`` counted in other processes; else this process's count
+        (a fit without checkpoints, e.g. a ``max_steps`` warm-up, can attach this callback and merge
+        ``result()``). ``None`` when fewer than ``epochs`` epochs were counted (a stage resumed from
+        a checkpoint written before the count existed)."""
+        state = self.state_dict()
+        if ckpt is not None and Path(ckpt).exists():
+            with contextlib.suppress(Exception):
+                saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
+                state = saved.get(self.state_key, state)
+        counted = int(state.get("epochs", 0)) >= int(epochs)
+        flops = self.flops is not None and counted
+        return {
+            "train_examples": int(state["examples"]) if counted else None,
+            "train_flops_dense": int(state["flops_dense"]) if flops else None,
+            "train_flops": int(state["flops"]) if flops else None,
+            "train_flops_mask": "at each epoch start",
+        }
 
 
 # -- synchronized BatchNorm on any device -------------------------------------------------------

@@ -56,3 +56,145 @@ def flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
             density = float(torch.count_nonzero(module.weight)) / module.weight.numel()
             nonzero -= int(round(layer * (1 - density)))
     return dense, nonzero
+
+
+# -- training FLOPs ---------------------------------------------------------------------------------
+# What one training example costs, measured once per (architecture, input shape, pass) with
+# torch.utils.flop_counter on a CPU copy of the network and cached: the same network trained in
+# forty stages is counted once. The counter counts matrix products and convolutions (2 FLOPs per
+# multiply-add), forward and backward as PyTorch executes them (the backward is measured, not
+# assumed to be 2x the forward: the first layer computes no input gradient, for instance);
+# BatchNorm, activations, losses and the optimizer step are not counted (elementwise work).
+# Each Conv2d/Linear layer's share (for the masked count) is what the counter adds while the
+# layer runs forward and while its output's autograd node runs backward: the counter's own
+# per-module table attributes backward work to several modules at once (checked on ResNet-20).
+
+_LAYER_FLOPS: dict[tuple, tuple[int, dict[str, int]]] = {}
+
+
+def _signature(net: nn.Module) -> tuple:
+    """What determines a network's FLOPs: its class, its module tree (strides, kernels) and shapes."""
+    shapes = tuple((n, tuple(p.shape)) for n, p in net.named_parameters())
+    return type(net).__module__, type(net).__qualname__, repr(net), shapes
+
+
+def layer_flops(net: nn.Module, input_shape: tuple[int, ...], *, backward: bool = True,
+                call: str | None = None) -> tuple[int, dict[str, int]]:
+    """``(total, {module name: FLOPs})`` of one example of ``input_shape`` (C, H, W) through ``net``:
+    forward, plus the backward of the parameters' gradients when ``backward`` (the input needs no
+    gradient, as in training). ``call`` names the method to run instead of ``forward`` (e.g.
+    ``"forward_features"``). The per-module dict holds the Conv2d and Linear layers (their forward
+    and backward work). Measured on a CPU copy in eval mode (the counted operations are the same
+    in train mode); cached per (architecture, shape, pass)."""
+    import copy
+
+    key = (_signature(net), tuple(int(s) for s in input_shape), bool(backward), call)
+    if key not in _LAYER_FLOPS:
+        clone = copy.deepcopy(net).cpu().float().eval()
+        for p in clone.parameters():
+            p.requires_grad_(backward)
+        fn = getattr(clone, call) if call else clone
+        layers: dict[str, int] = {}
+        with torch.inference_mode(False), torch.set_grad_enabled(backward), FlopCounterMode(display=False) as counter:
+            # Attribution by hooks around each layer's forward and around its autograd node's backward
+            # (the counter's own per-module view misattributes backward work across modules).
+            handles = [h for name, module in clone.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))
+                       for h in _attribute(module, name, counter, layers)]
+            try:
+                out = fn(torch.zeros(1, *input_shape))
+                if backward:
+                    out.float().sum().backward()
+            finally:
+                for h in handles:
+                    h.remove()
+        _LAYER_FLOPS[key] = (int(counter.get_total_flops()), layers)
+    total, layers = _LAYER_FLOPS[key]
+    return total, dict(layers)
+
+
+def _attribute(module: nn.Module, name: str, counter: FlopCounterMode, layers: dict[str, int]) -> list:
+    """Hooks adding to ``layers[name]`` the FLOPs counted while ``module`` runs forward and while the
+    autograd node of its output runs backward (its input and weight gradients)."""
+    layers.setdefault(name, 0)
+
+    def span():
+        start: list[int] = []
+
+        def begin(*_) -> None:
+            start.append(counter.get_total_flops())
+
+        def end(*_) -> None:
+            layers[name] += counter.get_total_flops() - start.pop()
+
+        return begin, end
+
+    forward_begin, forward_end = span()
+
+    def after(m, inputs, out) -> None:
+        forward_end()
+        node = getattr(out, "grad_fn", None)
+        if node is not None:  # brackets the node's execution in the backward pass
+            backward_begin, backward_end = span()
+            node.register_prehook(backward_begin)
+            node.register_hook(backward_end)
+
+    return [module.register_forward_pre_hook(forward_begin), module.register_forward_hook(after)]
+
+
+def mask_densities(mask: dict | None) -> dict[str, float]:
+    """``{module name: kept fraction}`` of the masked weights (``"<module>.weight"`` mask entries)."""
+    out = {}
+    for name, m in (mask or {}).items():
+        if name.endswith(".weight"):
+            out[name[: -len(".weight")]] = float(m.float().mean())
+    return out
+
+
+def nonzero_flops(total: int, layers: dict[str, int], densities: dict[str, float]) -> int:
+    """``total`` with each layer's share scaled by its weight density (as :func:`flops` does for
+    inference): the theoretical cost of sparse kernels that skip pruned weights, forward and
+    backward (a pruned weight's input gradient and its own gradient are both skipped)."""
+    return total - int(round(sum(layers[n] * (1.0 - d) for n, d in densities.items() if n in layers)))
+
+
+class TrainingFlops:
+    """Per-example training FLOPs of one stage's training step, picklable (DDP ranks carry it).
+
+    ``student``: forward + backward of the trained network; ``teacher``: forward of a frozen
+    network run on the same examples (a KD teacher, SDP's dense copy), counted dense;
+    ``partners``: the second half of every batch only goes forward through the student, without
+    gradients (CS-KD's class partners). ``batch(n, densities)`` is the FLOPs of one batch of
+    ``n`` examples, ``(dense, nonzero)``.
+    """
+
+    def __init__(self, net: nn.Module, input_shape: tuple[int, ...], teacher: nn.Module | None = None,
+                 teacher_call: str | None = None, partners: bool = False):
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.student, self.student_layers = layer_flops(net, self.input_shape, backward=True)
+        self.teacher = layer_flops(teacher, self.input_shape, backward=False, call=teacher_call)[0] if teacher is not None else 0
+        self.partners = bool(partners)
+        self.forward, self.forward_layers = layer_flops(net, self.input_shape, backward=False) if partners else (0, {})
+
+    def per_example(self, densities: dict[str, float] | None = None) -> tuple[int, int]:
+        """``(dense, nonzero)`` FLOPs of one example with full forward + backward (and the teacher)."""
+        dense = self.student + self.teacher
+        return dense, nonzero_flops(self.student, self.student_layers, densities or {}) + self.teacher
+
+    def batch(self, n: int, densities: dict[str, float] | None = None) -> tuple[int, int]:
+        if not self.partners:
+            dense, nonzero = self.per_example(densities)
+            return n * dense, n * nonzero
+        h = n // 2  # anchors: forward + backward; partners: forward only (tgp.lit.self_distill)
+        fb_dense, fb_nonzero = self.per_example(densities)
+        f_nonzero = nonzero_flops(self.forward, self.forward_layers, densities or {})
+        return h * fb_dense + (n - h) * self.forward, h * fb_nonzero + (n - h) * f_nonzero
+
+
+def training_flops_per_example(net: nn.Module, input_shape: tuple[int, ...], teacher: nn.Module | None = None,
+                               mask: dict | None = None, teacher_call: str | None = None) -> tuple[int, int]:
+    """``(dense, nonzero)`` FLOPs of training on one example of ``input_shape`` (C, H, W): forward
+    and backward of ``net`` plus, when given, the forward of a frozen ``teacher`` (``teacher_call``:
+    its method to run, default ``forward``). ``nonzero`` scales each of ``net``'s Conv2d/Linear
+    layers by the density of its ``mask`` entry (``{param name: bool}``, True = kept); the
+    teacher is counted dense. Cached per architecture and input shape."""
+    return TrainingFlops(net, input_shape, teacher, teacher_call).per_example(mask_densities(mask))

@@ -61,10 +61,17 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
     for stage, r in res.items():
         row[f"epochs_{stage}"] = r.get("epochs")
         row[f"seconds_{stage}"] = r.get("seconds")
-    # The student's own training budget (a loaded teacher costs nothing; a trained one is counted).
+    # Nominal epochs and seconds of every stage this job used, shared ones included (a loaded teacher costs
+    # nothing; a trained one is counted; COLT's half-data epochs count as full ones): kept for continuity.
     row["epochs_total"] = sum((r.get("epochs") or 0) for r in res.values())
     row["seconds_total"] = sum((r.get("seconds") or 0.0) for r in res.values())
     row["stages_skipped"] = list(job.stages.skipped)
+    # Cost that compares across methods and machines (tgp.report.cost): training FLOPs per stage, the job's own
+    # stages vs those reused from the stage store, stage keys to count each stage once per sweep, and epochs in
+    # full-data-equivalent units (student_epochs_equiv, teacher separate).
+    from tgp.report.cost import job_cost_fields
+
+    row.update(job_cost_fields(res, job.stages.keys, job.stages.skipped, getattr(dm, "num_train", None)))
     return row
 
 
