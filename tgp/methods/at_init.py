@@ -6,16 +6,16 @@ Stages (each content-addressed, see :mod:`tgp.stages`)::
     epsd:  init → [warmup: i SD steps] → prune (|θ ⊙ ∇θ L_SD| at θ_i) → retrain (SD, mask, from θ_init)
 
 * ``init`` saves ``build_net(model)``: the same seeded initialization every method starts from.
-* Budget (ours, for a fair comparison): the sparse network trains for
-  ``kd_pretrain.epochs + retrain.epochs`` epochs — what TGP's student gets in all — at the
-  from-scratch learning rate ``kd_pretrain.lr``, in a stage named ``retrain``. No teacher.
+* Budget (ours, the budget policy): the sparse network trains for the sparse budget every
+  method's final sparse network gets, ``retrain.epochs`` at ``retrain.lr``, in a stage named
+  ``retrain``. No teacher.
 * Scoring (ours): at initialization BatchNorm running statistics are still (0, 1); the score
   forward uses batch statistics (``method.score_bn=batch``, running statistics restored
   afterwards). ``method.score_bn=running`` scores in eval mode like the framework's other scores.
 * EPSD (paper: "prunes a random initialized network with weights θ_init … measuring the impact
   of SD loss on individual weights after i steps of training"): the mask is computed at θ_i
   and applied to θ_init, which then trains with the SD regime (rewinding to θ_init: ours, our
-  reading of the paper). The ``warmup`` stage uses a constant learning rate ``kd_pretrain.lr``
+  reading of the paper). The ``warmup`` stage (dense, before the mask) uses a constant learning rate ``kd_pretrain.lr``
   (ours: the first steps of a cosine schedule). ``method.score_loss=ce`` is the paper's "Simple"
   baseline: CE-scored SNIP, then the same SD training.
 * The SD regimes use per-sample state and custom batch samplers: one process only.
@@ -40,12 +40,12 @@ from tgp.methods.registry import MethodSpec, register
 from tgp.pruning.mask import load_mask
 from tgp.stages import StageKind
 
-# The at-init student's budget (ours): kd_pretrain.epochs + retrain.epochs epochs at kd_pretrain.lr.
-BUDGET_NODES = ("model", "kd_pretrain", "retrain", "method")
+# The sparse network's budget (the budget policy): retrain.epochs at retrain.lr.
+BUDGET_NODES = ("model", "retrain.epochs", "retrain.lr", "method")
 AT_INIT_PRUNE = StageKind("at_init_prune", folder="prune", reads=("model", "pruning", "method"))
-SNIP_RETRAIN = StageKind("snip_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=2)
-EPSD_WARMUP = StageKind("epsd_warmup", folder="warmup", reads=BUDGET_NODES)
-EPSD_RETRAIN = StageKind("epsd_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=2)
+SNIP_RETRAIN = StageKind("snip_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=3)
+EPSD_WARMUP = StageKind("epsd_warmup", folder="warmup", reads=("model", "kd_pretrain.lr", "method"), version=2)
+EPSD_RETRAIN = StageKind("epsd_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=3)
 
 
 @dataclass
@@ -65,8 +65,6 @@ class EpsdSettings:
     score_bn: str = "batch"
 
 
-def student_epochs(cfg: DictConfig) -> int:
-    return int(cfg.kd_pretrain.epochs) + int(cfg.retrain.epochs)
 
 
 def _check_score_bn(value) -> bool:
@@ -108,18 +106,18 @@ def run_snip(job) -> str:
     def run(folder: Path, cfg: DictConfig) -> dict:
         net = sparse_start_net(job, cfg, "init")  # θ_init, or a fresh init with pruning.sanity=reinit
         mask = load_mask(job.stage_path("prune", "mask.pt"), net)
-        epochs = student_epochs(cfg)
-        module = make_module(job, net, ce_loss(), "retrain", epochs, cfg.kd_pretrain.lr, mask=mask)
+        epochs = int(cfg.retrain.epochs)
+        module = make_module(job, net, ce_loss(), "retrain", epochs, cfg.retrain.lr, mask=mask)
         return job.training.fit("retrain", folder, module, epochs)
 
     job.run(SNIP_RETRAIN, run, parent="prune")
     return "retrain"
 
 
-def _sd_module(job, cfg: DictConfig, net, stage: str, **kw) -> SelfDistillModule:
+def _sd_module(job, cfg: DictConfig, net, stage: str, epochs: int, lr: float, **kw) -> SelfDistillModule:
     e = cfg.method
     return make_module(
-        job, net, None, stage, student_epochs(cfg), cfg.kd_pretrain.lr, module_cls=SelfDistillModule,
+        job, net, None, stage, epochs, lr, module_cls=SelfDistillModule,
         regime=str(e.regime), num_train=job.dm.num_train, pskd_alpha=float(e.pskd_alpha),
         temperature=float(e.temperature), dlb_weight=float(e.dlb_weight), cskd_weight=float(e.cskd_weight), **kw,
     )
@@ -133,7 +131,7 @@ def run_epsd(job) -> str:
     if int(job.cfg.method.warmup_steps) > 0:
         def warmup(folder: Path, cfg: DictConfig) -> dict:
             steps = int(cfg.method.warmup_steps)
-            module = _sd_module(job, cfg, load_stage_net(job, cfg.model, "init"), "warmup",
+            module = _sd_module(job, cfg, load_stage_net(job, cfg.model, "init"), "warmup", 1, cfg.kd_pretrain.lr,
                                 schedule={"kind": "constant", "warmup_epochs": 0})
             trainer = job.training.trainer("warmup", folder, max_epochs=-1, max_steps=steps, enable_checkpointing=False)
             trainer.fit(module, datamodule=sd_data)
@@ -155,8 +153,8 @@ def run_epsd(job) -> str:
     def run(folder: Path, cfg: DictConfig) -> dict:
         net = sparse_start_net(job, cfg, "init")  # θ_init, or a fresh init with pruning.sanity=reinit
         mask = load_mask(job.stage_path("prune", "mask.pt"), net)
-        module = _sd_module(job, cfg, net, "retrain", mask=mask)
-        return job.training.fit("retrain", folder, module, student_epochs(cfg), datamodule=sd_data)
+        module = _sd_module(job, cfg, net, "retrain", int(cfg.retrain.epochs), cfg.retrain.lr, mask=mask)
+        return job.training.fit("retrain", folder, module, int(cfg.retrain.epochs), datamodule=sd_data)
 
     job.run(EPSD_RETRAIN, run, parent="prune")
     return "retrain"
@@ -165,10 +163,10 @@ def run_epsd(job) -> str:
 SNIP = register(MethodSpec(
     name="snip", run=run_snip, summary="|θ ⊙ ∇θ L_CE| at initialization, then train the sparse net",
     settings=SnipSettings, accepts_mask=True, stages=("init", "prune", "retrain"),
-    epochs=("kd_pretrain.epochs", "retrain.epochs"), check=check_snip,
+    epochs=("retrain.epochs",), check=check_snip,
 ))
 EPSD = register(MethodSpec(
     name="epsd", run=run_epsd, settings=EpsdSettings, accepts_mask=True,
     summary="SNIP-form score of a self-distillation loss near initialization, then train with that regime",
-    stages=("init", "warmup", "prune", "retrain"), epochs=("kd_pretrain.epochs", "retrain.epochs"), check=check_epsd,
+    stages=("init", "warmup", "prune", "retrain"), epochs=("retrain.epochs",), check=check_epsd,
 ))
