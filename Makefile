@@ -29,11 +29,13 @@ test: install
 test-fast: install
 	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
 
-# The main job on the bundled offline data: TGP at 90% sparsity, retrained with and without KD
-# (two jobs sharing the teacher, KD and prune stages), then the comparison table.
+# The main job on the bundled offline data: TGP against magnitude, ce_grad, SNIP and TGP's
+# layer-shuffle sanity check at 90% sparsity over 3 seeds (one sweep folder), then the report
+# with 95% intervals and paired differences to TGP.
 demo: install
-	$(PY) -m tgp.run -m experiment=demo retrain.kd=true,false $(ARGS)
-	$(PY) -m tgp.report outputs/sweeps/demo
+	$(PY) -m tgp.run -m experiment=demo method=tgp,ce_grad,magnitude,snip seed=0,1,2 $(ARGS)
+	$(PY) -m tgp.run -m experiment=demo method=tgp pruning.sanity=layer_shuffle seed=0,1,2 $(ARGS)
+	$(PY) -m tgp.report outputs/sweeps/demo --reference tgp
 
 bench: install
 	$(PY) -m tgp.bench $(ARGS)

@@ -99,3 +99,15 @@ def test_mark_exactly_when_the_interval_excludes_zero():
         assert excludes == (sps.ttest_rel(other, ref).pvalue < 0.05)  # the same test, two ways
         seen.add(excludes)
     assert seen == {True, False}
+
+
+def test_a_teacherless_method_is_paired_with_the_reference_as_defined():
+    """SNIP (no teacher, so never KD-retrained) against TGP run only with KD: paired with TGP (KD)."""
+    tgp = [_row("tgp", i, a) for i, a in enumerate([0.80, 0.78, 0.82])]  # retrain_kd True
+    snip = [{**_row("snip", i, a), "retrain_kd": False, "teacher": None} for i, a in enumerate([0.70, 0.71, 0.69])]
+    d = paired_differences(tgp + snip, "tgp", "top1_best_val", KEYS)
+    (key, s), = d.items()
+    assert key[0] == "snip" and s.n == 3 and s.mean == pytest.approx((-0.10 - 0.07 - 0.13) / 3)
+    # A method with a teacher run without KD is not paired across variants.
+    ce = [{**_row("ce_grad", i, a), "retrain_kd": False, "teacher": "resnet20"} for i, a in enumerate([0.7, 0.7, 0.7])]
+    assert paired_differences(tgp + ce, "tgp", "top1_best_val", KEYS) == {}

@@ -114,14 +114,15 @@ def _slug(*parts) -> str:
 
 
 def _density_axis(ax, densities) -> None:
-    ax.set_xscale("log")
     ds = sorted({d for d in densities if d > 0}, reverse=True)
+    if ds:  # limits first: one measured density would give the log scale identical limits
+        lo, hi = min(ds), max(ds)
+        ax.set_xlim(hi * 1.25, lo / 1.25)  # inverted: dense on the left, sparser to the right
+    ax.set_xscale("log")
     if ds:
         ax.xaxis.set_major_locator(FixedLocator(ds))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([f"{100 * d:.3g}" for d in ds], rotation=45 if len(ds) > 6 else 0, fontsize=8)
-        lo, hi = min(ds), max(ds)
-        ax.set_xlim(hi * 1.25, lo / 1.25)  # inverted: dense on the left, sparser to the right
     ax.set_xlabel("density = 1 − target sparsity (% of prunable weights kept, log scale)")
 
 

@@ -183,7 +183,11 @@ def paired_differences(rows: list[dict], reference: str, metric: str, group_keys
                        level: float = LEVEL) -> dict[tuple, Summary]:
     """For each group of ``rows`` (by ``group_keys``, which must contain :data:`MATCH_KEYS`) that is
     not the reference: the :class:`Summary` of ``d_seed = metric(row) − metric(reference run)`` over
-    the seeds both have in the same cell. Groups with no matched seed are left out."""
+    the seeds both have in the same cell. Groups with no matched seed are left out.
+
+    A method without a teacher (its rows have ``teacher`` None, so ``retrain_kd`` is always
+    false) is paired with the reference's KD-retrained run of the cell when the reference has no
+    CE-retrained one there: the reference method as it is defined, not a variant that was not run."""
     missing = [k for k in MATCH_KEYS if k not in group_keys]
     if missing:
         raise ValueError(f"group_keys must contain the match keys {MATCH_KEYS}; missing {missing}")
@@ -193,9 +197,16 @@ def paired_differences(rows: list[dict], reference: str, metric: str, group_keys
         if not is_reference(r, reference):
             groups[tuple(r.get(k) for k in group_keys)].append(r)
     out = {}
+    kd_at = MATCH_KEYS.index("retrain_kd")
     for key, rs in groups.items():
         mine = _per_seed(rs, metric)
-        diffs = [v - ref[cell_seed] for cell_seed, v in sorted(mine.items(), key=str) if cell_seed in ref]
+        teacherless = all(r.get("teacher") is None for r in rs)
+        diffs = []
+        for (cell, seed), v in sorted(mine.items(), key=str):
+            if (cell, seed) not in ref and teacherless:
+                cell = (*cell[:kd_at], True, *cell[kd_at + 1:])
+            if (cell, seed) in ref:
+                diffs.append(v - ref[(cell, seed)])
         if diffs:
             out[key] = summarize(diffs, level)
     return out

@@ -33,7 +33,9 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
         "method": str(cfg.method.name),
         "dataset": dm.name,
         "model": str(OmegaConf.select(cfg, "model.name", default="?")),
+        "model_width": OmegaConf.select(cfg, "model.width", default=None),  # "resnet18" names every width
         "teacher": str(OmegaConf.select(cfg, "teacher.net.name", default="")) if spec.uses_teacher else None,
+        "teacher_width": OmegaConf.select(cfg, "teacher.net.width", default=None) if spec.uses_teacher else None,
         "seed": int(cfg.seed),
         # KD in retraining needs a teacher; methods without one retrain with their own loss.
         "retrain_kd": bool(OmegaConf.select(cfg, "retrain.kd", default=False)) and spec.uses_teacher,
