@@ -148,12 +148,7 @@ def _job_settings(folder: Path) -> dict:
         return {}
 
     def get(*keys, default=None):
-        node = cfg
-        for k in keys:
-            if not isinstance(node, dict) or k not in node:
-                return default
-            node = node[k]
-        return node
+        return _cfg_get(cfg, *keys, default=default)
 
     target = str(get("data", "_target_", default="") or "")
     dataset = get("data", "name") or target.rsplit(".", 1)[-1].replace("DataModule", "").lower() or None

@@ -157,14 +157,18 @@ def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "top1_b
         checkpoint = "best-val checkpoint" if metric == "top1_best_val" else "last epoch"
         ax.set_ylabel(f"{ACC_UNIT} ({checkpoint})")
         ax.set_title(f"{dataset} / {model}: top-1 vs density (mean, 95 % CI band over seeds)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", title=KD_NOTE, title_fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"acc_vs_sparsity_{_slug(dataset, model)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_finish(fig, ax, out_dir / f"acc_vs_sparsity_{_slug(dataset, model)}.png", dpi=120))
     return paths
+
+
+def _finish(fig, ax, path: Path, dpi: int) -> Path:
+    """Grid, the ±KD legend, tight layout; save ``fig`` to ``path`` and close it."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", title=KD_NOTE, title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def _layer_report(run_dir) -> dict | None:
@@ -224,13 +228,7 @@ def plot_layer_density(rows: list[dict], out_dir: Path) -> list[Path]:
         ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
         ax.set_ylabel("layer density (kept / total weights, log)")
         ax.set_title(f"{dataset} / {model}: per-layer density at {100 * sparsity:.4g}% target sparsity", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", title=KD_NOTE, title_fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"layer_density_{_slug(dataset, model)}_s{sparsity:g}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_finish(fig, ax, out_dir / f"layer_density_{_slug(dataset, model)}_s{sparsity:g}.png", dpi=110))
     return paths
 
 
