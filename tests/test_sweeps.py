@@ -87,8 +87,11 @@ def test_report_on_sweep_folders_matches_metrics(sweeps, tmp_path):
     assert len(failed) == 1 and "1.5" in failed[0]["run_dir"]
     md = (tmp_path / "report.md").read_text()
     assert "## Failed jobs" in md and "pruning.sparsity" in md
-    assert len(res["groups"]) == 2  # 0.5 (two jobs) and 0.9
-    assert {g["n"] for g in res["groups"]} == {2, 1}
+    methods = [g for g in res["groups"] if g["kind"] == "method"]
+    assert len(methods) == 2  # 0.5 (two jobs) and 0.9
+    assert {g["n"] for g in methods} == {2, 1}
+    # the teacher and the dense student are rows of their own, each trained once (shared by the jobs)
+    assert {g["kind"] for g in res["groups"]} == {"method", "teacher", "dense"}
 
 
 def test_rerun_skips_finished_jobs(sweeps, stage_store):
