@@ -21,7 +21,7 @@ from tgp.data import (
 )
 from tgp.errors import ConfigError, DataNotFoundError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "data"
+CONF_DIR = Path(__file__).resolve().parents[1] / "tgp" / "conf" / "data"
 
 
 def _check_batch(batch, channels, size, num_classes, batch_size=None):

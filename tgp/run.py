@@ -25,7 +25,7 @@ from tgp.naming import register_resolvers
 
 register_resolvers()
 log = logging.getLogger("tgp")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped inside the package
 
 
 def run_job(cfg: DictConfig) -> dict:

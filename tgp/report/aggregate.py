@@ -112,7 +112,7 @@ def model_label(name, width) -> str | None:
     return f"{name}-w{width}"
 
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def standard_width(name) -> int | None:
