@@ -10,8 +10,10 @@ magnitude and SNIP, three seeds.
 It prints the grid and a GPU-hours estimate, runs one Hydra multirun per (dataset, method group)
 through ``python -m tgp.run -m ...`` (a failing job — e.g. a method not implemented yet — is
 recorded in its folder and the sweep goes on), then writes the report (tgp-report) into
-``experiments/results/table2/`` (``table2_smoke/`` for --smoke 1). Run it again to resume: finished
-jobs are skipped, interrupted ones continue from their last checkpoint.
+``outputs/reproduce_table2/`` (``outputs/reproduce_table2_smoke/`` for --smoke 1; ``--log-dir`` moves
+both, ``--out`` the report alone), never into the source tree. Each sweep's progress line is the
+command it runs, ready to paste. Run it again to resume: finished jobs are skipped, interrupted
+ones continue from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import itertools
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -152,7 +155,7 @@ def run_sweep(entry, common: list[str], log_dir: Path, timeout: float | None) ->
     log_path = log_dir / f"{entry['dataset']}_{entry['tag']}.log"
     env = dict(os.environ)
     env.setdefault("WANDB_SILENT", "true")
-    print(f"$ {' '.join(cmd[1:])}\n  (log: {log_path})", flush=True)
+    print(f"$ {shlex.join(cmd)}\n  (log: {log_path})", flush=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         try:
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; smoke: 0)")
     p.add_argument("--limit", type=int, default=None, help="keep the first N sparsities of each ladder")
     p.add_argument("--log-dir", default=None, help="paths.log_dir of the runs (default: outputs)")
-    p.add_argument("--out", default=None, help="report folder (default: experiments/results/table2[_smoke])")
+    p.add_argument("--out", default=None, help="report folder (default: <log-dir>/reproduce_table2[_smoke])")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, run nothing")
     p.add_argument("--wandb", action="store_true", help="log the runs and the comparison to W&B (offline without a key)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per sweep before it is stopped")
@@ -193,7 +196,8 @@ def main(argv=None) -> int:
         return 0
 
     log_dir = Path(args.log_dir or "outputs")
-    out = Path(args.out) if args.out else ROOT / "experiments" / "results" / ("table2_smoke" if smoke else "table2")
+    # Under the log folder (outputs/ by default, ignored by git), never into the source tree.
+    out = Path(args.out) if args.out else log_dir / ("reproduce_table2_smoke" if smoke else "reproduce_table2")
     sweep_name = "table2_smoke" if smoke else None
     sweeps = []
     for entry in grid:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -158,14 +159,19 @@ def test_sweep_ladders_compose():
 
 
 def test_reproduce_table2_cut_down(tmp_path, stage_store):
-    """The smoke grid through the real script: 1 sparsity, tgp (KD and CE) + magnitude + an unknown method."""
-    out = tmp_path / "out"
+    """The smoke grid through the real script: 1 sparsity, tgp (KD and CE) + magnitude + an unknown method.
+    The report goes under the log folder (never into the source tree); progress lines are runnable commands."""
+    out = tmp_path / "logs" / "reproduce_table2_smoke"  # the default --out under --log-dir
     cmd = [sys.executable, "experiments/reproduce_table2.py", "--smoke", "1", "--methods", "tgp,magnitude,notamethod",
-           "--limit", "1", "--log-dir", str(tmp_path / "logs"), "--out", str(out), f"paths.stage_store={stage_store}"]
+           "--limit", "1", "--log-dir", str(tmp_path / "logs"), f"paths.stage_store={stage_store}"]
+    source_tree = sorted((ROOT / "experiments").rglob("*"))
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "4 jobs in 3 sweeps" in proc.stdout and "CPU-hours" in proc.stdout
+    progress = [line[2:] for line in proc.stdout.splitlines() if line.startswith("$ ")]
+    assert len(progress) == 3 and all(shlex.split(c)[:4] == [sys.executable, "-m", "tgp.run", "-m"] for c in progress)
+    assert sorted((ROOT / "experiments").rglob("*")) == source_tree
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
     status = {(r["method"], r["retrain_kd"]): r["status"] for r in rows}
