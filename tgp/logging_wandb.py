@@ -83,6 +83,9 @@ class _JobRun:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             kwargs = {"id": run_id_for(self.run_dir), "resume": "allow", "save_dir": str(self.run_dir)}
             kwargs = {k: v for k, v in kwargs.items() if lcfg.get(k) in (None, "")}
+            tags = [*(lcfg.get("tags") or []), *(OmegaConf.select(self.cfg, "tags", default=None) or [])]
+            if tags:  # the logger's own tags and the config's top-level `tags`, each once
+                kwargs["tags"] = [str(t) for t in dict.fromkeys(str(t) for t in tags)]
             self.logger = instantiate(lcfg, **kwargs)
             # The job's settings as the run config (created here, in the job's process: spawned
             # DDP workers attach to this run instead of starting their own).

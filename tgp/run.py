@@ -10,6 +10,7 @@ job that fails later has its error written to its folder and the sweep goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
@@ -33,6 +34,7 @@ def run_job(cfg: DictConfig) -> dict:
     from tgp.pipeline import run_pipeline  # heavy imports after Hydra has parsed the command line
 
     quiet_lightning()
+    apply_extras(cfg)
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return run_pipeline(cfg, run_dir)
@@ -41,7 +43,7 @@ def run_job(cfg: DictConfig) -> dict:
 def main() -> float | None:
     """``tgp-run`` / ``python -m tgp.run``: refuse bad settings (one paragraph, exit 2), then run Hydra."""
     try:
-        precheck(sys.argv[1:])
+        precheck(sys.argv[1:], cluster=True)
     except TGPError as e:  # nothing has been created yet
         print(f"tgp: error: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
@@ -65,7 +67,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         done = _finished_row(run_dir)
         if done is not None:  # re-running a sweep skips its finished jobs
             log.info("job done already (%s): skipped; delete its metrics.json to recompute", run_dir / "metrics.json")
-            return done.get("top1_best_val")
+            return objective(done)
     from tgp.logging_wandb import wandb_job
 
     with wandb_job(cfg, run_dir) as outcome:  # one W&B run per job, finished in a `finally`
@@ -73,7 +75,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             row = run_job(cfg)
             outcome["row"] = row
             (run_dir / "error.txt").unlink(missing_ok=True)
-            return row.get("top1_best_val")
+            return objective(row)
         except TGPError as e:
             message = f"tgp: error: {e}"
             outcome["error"] = message
@@ -90,6 +92,62 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 log.exception("job failed, sweep continues (error in %s)", run_dir / "error.txt")
                 return None
             raise
+
+
+def objective(row: dict) -> float | None:
+    """What a job returns to a sweeper (Optuna maximizes it): the final stage's best VALIDATION top-1
+    (``val_acc_best``), never a test-split number. None (a failed trial) when no validation ran."""
+    value = row.get("val_acc_best")
+    return float(value) if value is not None else None
+
+
+# Known noise: warnings that say nothing about the job (library deprecations, Lightning's hints about
+# workers and log intervals on tiny data, non-empty stage folders, optuna's experimental-API notes).
+_NOISE = (
+    (DeprecationWarning, None), (FutureWarning, None), (PendingDeprecationWarning, None),
+    (UserWarning, r".*(num_workers|does not have many workers|logging interval|log_every_n_steps).*"),
+    (UserWarning, r".*exists and is not empty.*"),  # a stage resumes into its own folder on purpose
+    (UserWarning, r".*(is an experimental|experimental feature|ExperimentalWarning).*"),
+)
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """``extras``: ``ignore_warnings`` silences :data:`_NOISE`; ``print_config`` prints the job's config
+    as a tree (rich) before it runs (``--cfg job`` prints it without running)."""
+    import warnings
+
+    extras = OmegaConf.select(cfg, "extras", default=None) or {}
+    if extras.get("ignore_warnings", False):
+        for category, message in _NOISE:
+            warnings.filterwarnings("ignore", message=message or "", category=category)
+        with contextlib.suppress(ImportError):
+            from optuna.exceptions import ExperimentalWarning
+
+            warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    if extras.get("print_config", False):
+        print_config_tree(cfg)
+
+
+def print_config_tree(cfg: DictConfig, file=None) -> None:
+    """The config as a rich tree: one branch per top-level node, its YAML inside (unresolvable values
+    are shown as written)."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", style="bold", guide_style="dim")
+    for key, value in cfg.items():
+        branch = tree.add(str(key), style="bold")
+        if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+            try:
+                text = OmegaConf.to_yaml(value, resolve=True)
+            except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a job
+                text = OmegaConf.to_yaml(value)
+        else:
+            text = str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    console = rich.console.Console(file=file) if file is not None else rich.get_console()
+    console.print(tree)
 
 
 # Strategies whose Lightning launcher re-runs the command line (sys.argv) in every other rank.
@@ -146,14 +204,16 @@ def check_launch(cfg: DictConfig) -> None:
 _MAX_JOBS_COMPOSED = 64  # a sweep with more group-option combinations composes each option once instead
 
 
-def precheck(argv: list[str]) -> None:
+def precheck(argv: list[str], *, cluster: bool = False) -> None:
     """Refuse what makes the whole job (or sweep) impossible, before Hydra creates any folder.
 
     * the command line composes: config group options exist (``method=foo``), keys exist
       (``prunning.sparsity=0.5``), no ``+key`` adds a key that nothing reads, and under ``-m`` every
       combination of the swept group options composes;
     * the run (or sweep) folder, ``paths.log_dir`` and ``paths.stage_store`` can be created and written;
-    * ``trainer.accelerator=gpu`` only where CUDA is available, and :func:`check_launch` (local launcher).
+    * ``trainer.accelerator=gpu`` only where CUDA is available, and :func:`check_launch` (local launcher);
+    * with ``cluster`` (as ``tgp-run`` calls it): a SLURM launcher only where SLURM's commands are
+      (:func:`check_launcher`). Off by default so that a cluster command line can be checked anywhere.
 
     ``--help``, ``--hydra-help``, ``--info``, ``--version`` and ``--config-path/--config-dir`` go to Hydra
     untouched; ``--cfg`` checks the composition only. Checks that need the method, the data or the model
@@ -181,11 +241,35 @@ def precheck(argv: list[str]) -> None:
                 raise ConfigError(e.setting, e.value, f"(in the sweep's jobs with {label}) {e.problem}", e.fix) from None
             if args.cfg is not None:  # printing the config needs no folder and no device
                 continue
-            _check_outputs(cfg, bool(args.multirun), checked)
+            multirun = bool(args.multirun) or str(OmegaConf.select(cfg, "hydra.mode", default="")).endswith("MULTIRUN")
+            _check_outputs(cfg, multirun, checked)
             launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
-            if not args.multirun or launcher.endswith("BasicLauncher"):  # jobs run on this machine
+            if multirun and cluster:
+                check_launcher(cfg, launcher)
+            if not multirun or launcher.endswith("BasicLauncher"):  # jobs run on this machine
                 check_device(cfg)
                 check_launch(cfg)
+
+
+def check_launcher(cfg: DictConfig, launcher: str) -> None:
+    """A SLURM launcher (``hydra/launcher=slurm``) on a machine without SLURM's ``sbatch``/``srun``:
+    submitit would fail at the first job with a traceback."""
+    import shutil
+
+    if not launcher.endswith("SlurmLauncher"):
+        return
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if not missing:
+        return
+    choice = OmegaConf.select(cfg, "hydra.runtime.choices.hydra/launcher", default=None) or launcher.rsplit(".", 1)[-1]
+    raise ConfigError(
+        "hydra/launcher", choice,
+        f"this launcher submits every job of the sweep to SLURM, but SLURM's {' and '.join(missing)} "
+        f"{'is' if len(missing) == 1 else 'are'} not on the PATH of this machine (no SLURM client here).",
+        "run the sweep from a SLURM login node (or put sbatch/srun on the PATH), or use "
+        "hydra/launcher=submitit_local to try the same submitit launch on this machine (or drop hydra/launcher to "
+        "run the jobs one after another here).",
+    )
 
 
 def _parse_args(argv: list[str]):

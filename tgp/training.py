@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -64,17 +64,18 @@ class Training:
         return torch.device("cuda" if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
 
     def trainer(self, stage: str, folder: Path, *, max_epochs: int | None = None, callbacks=(),
-                log_version: str | None = None, **kw) -> L.Trainer:
+                log_version: str | None = None, early_stopping: bool = False, **kw) -> L.Trainer:
         """A Trainer for ``stage`` writing under ``folder``; under DDP BatchNorm is always synchronized.
 
         ``log_version``: the CSV logger's sub-folder of ``folder`` (``None``: ``folder`` itself).
+        ``callbacks`` come first, then the config's ``callbacks`` group (:func:`config_callbacks`);
+        ``early_stopping``: whether this Trainer may get the group's early stopping (:meth:`fit`'s do).
         """
         loggers = make_loggers(self.cfg, stage, folder, version=log_version)
-        cbs = list(callbacks)
-        if OmegaConf.select(self.cfg, "trainer.enable_progress_bar", default=True):
-            from lightning.pytorch.callbacks import RichProgressBar
+        cbs = [*callbacks, *config_callbacks(self.cfg, stage, early_stopping=early_stopping)]
+        from tgp.logs import ConsoleSettings, is_verbose
 
-            cbs.append(RichProgressBar())
+        cbs.append(ConsoleSettings(is_verbose(self.cfg)))  # verbose or quiet, also in DDP-spawned ranks
         args = dict(max_epochs=max_epochs, callbacks=cbs, logger=loggers or False, default_root_dir=str(folder), **kw)
         trainer = instantiate(self.cfg.trainer, **args)
         if trainer.world_size > 1:
@@ -111,9 +112,10 @@ class Training:
         logs = folder / "logs"
         attempt = 1 + max((int(p.name.split("_")[-1]) for p in logs.glob("attempt_*") if p.name.split("_")[-1].isdigit()),
                           default=0)
-        best = ModelCheckpoint(
-            dirpath=folder, filename="best", monitor=f"{stage}/val/acc", mode="max",
-            save_top_k=1, enable_version_counter=False,
+        chosen = OmegaConf.select(self.cfg, "callbacks.model_checkpoint", default=None) or {}
+        best = ModelCheckpoint(  # the settings of callbacks.model_checkpoint; one best.ckpt per stage
+            dirpath=folder, filename="best", monitor=f"{stage}/{chosen.get('monitor', 'val/acc')}",
+            mode=str(chosen.get("mode", "max")), save_top_k=1, enable_version_counter=False,
         )
         last = EpochEndCheckpoint(folder / "last.ckpt", attempts=self.clock())
         signals = PreemptionSignals()
@@ -122,7 +124,7 @@ class Training:
             stage, folder, max_epochs=epochs, log_version=f"attempt_{attempt}",
             # cost last: it reads the mask after any callback that changes it at an epoch's start.
             callbacks=[EpochSeed(seed, stage), AttemptLog(logs / f"attempt_{attempt}"), best, last,
-                       MaskEnforcer(), signals, *callbacks, cost],
+                       MaskEnforcer(), signals, *callbacks, cost], early_stopping=True,
         )
         # Before any process starts (a ConfigError here, not inside a spawned rank).
         batch = per_rank_batch(int(dm.batch_size), trainer.world_size) if hasattr(dm, "batch_size") else None
@@ -172,6 +174,48 @@ class Training:
                 metric.update(net(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
         net.train(was_training)
         return float(metric.compute())
+
+
+# -- the config's callbacks group ----------------------------------------------------------------
+def config_callbacks(cfg: DictConfig, stage: str, *, early_stopping: bool = False) -> list[Callback]:
+    """The ``callbacks`` group's callbacks for one stage's Trainer: every entry with a ``_target_`` and
+    ``enabled: true`` (``model_checkpoint`` is read by :meth:`Training.fit` instead). A ``monitor`` is
+    prefixed with the stage (``val/acc`` -> ``<stage>/val/acc``); early stopping only where
+    ``early_stopping`` (the fitted stages) and the rich progress bar only while the Trainer has a bar."""
+    out = []
+    for name, node in (OmegaConf.select(cfg, "callbacks") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        settings = OmegaConf.to_container(node, resolve=True)
+        if not settings.pop("enabled", True):
+            continue
+        target = str(settings["_target_"])
+        if target.endswith("EarlyStopping") and not early_stopping:
+            continue
+        if target.endswith("ProgressBar") and not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
+            continue  # Lightning refuses a progress-bar callback on a Trainer without a bar
+        if "monitor" in settings:
+            settings["monitor"] = f"{stage}/{settings['monitor']}"
+        if target.endswith("StageLearningRateMonitor"):
+            settings["stage"] = stage
+        out.append(instantiate(settings))
+    return out
+
+
+class StageLearningRateMonitor(LearningRateMonitor):
+    """Lightning's LearningRateMonitor with the stage's prefix (``<stage>/train/lr-SGD``: the stages of
+    a job share its W&B run, and every other metric is stage-prefixed too) and the ``epoch`` in each
+    row, so :func:`merge_attempt_metrics` keeps a resumed stage's rows exactly once."""
+
+    def __init__(self, stage: str = "", **kw):
+        super().__init__(**kw)
+        self.stage = stage
+
+    def _extract_stats(self, trainer, interval: str) -> dict[str, float]:
+        stats = super()._extract_stats(trainer, interval)
+        if self.stage:
+            stats = {f"{self.stage}/train/{k}": v for k, v in stats.items()}
+        return {**stats, "epoch": trainer.current_epoch} if stats else stats
 
 
 # -- exact resume -------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
         "teacher": str(OmegaConf.select(cfg, "teacher.net.name", default="")) if spec.uses_teacher else None,
         "teacher_width": OmegaConf.select(cfg, "teacher.net.width", default=None) if spec.uses_teacher else None,
         "seed": int(cfg.seed),
+        "tags": [str(t) for t in (OmegaConf.select(cfg, "tags", default=None) or [])],  # free labels (config `tags`)
         # KD in retraining needs a teacher; methods without one retrain with their own loss.
         "retrain_kd": bool(OmegaConf.select(cfg, "retrain.kd", default=False)) and spec.uses_teacher,
         "sanity": OmegaConf.select(cfg, "pruning.sanity", default=None),  # sanity-check variant; None = the method
