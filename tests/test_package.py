@@ -1,0 +1,157 @@
+"""tgp as a package: a built wheel in a fresh venv ships its config tree and runs from any directory,
+a user's own config folder joins through Hydra's search path, and ``tgp-eval`` reproduces a run.
+
+One wheel, one fresh venv (the pinned dependencies come from the development venv through a
+``.pth`` file, nothing is downloaded) and one smoke run of the installed ``tgp-run`` from a folder
+outside the repository; the ``tgp-eval`` tests evaluate that run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tgp import eval as tgp_eval
+
+ROOT = Path(__file__).resolve().parents[1]
+_TOP_LEVEL_SKIP = {".venv", ".git", "outputs", "build", "dist", "wandb", "data", "multirun", ".pytest_cache"}
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+def _run(cmd, cwd, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+@pytest.fixture(scope="module")
+def wheel_env(tmp_path_factory):
+    """``(wheel, venv)``: the working tree built into a wheel (from a copy: an in-tree build would write
+    build/ into the repo) and installed with ``--no-deps`` into a fresh venv."""
+    base = tmp_path_factory.mktemp("pkg")
+
+    def ignore(folder, names):
+        skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+        return skip | (_TOP_LEVEL_SKIP & set(names) if Path(folder).resolve() == ROOT else set())
+
+    shutil.copytree(ROOT, base / "src", ignore=ignore)
+    proc = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                 "-w", base / "dist", "./src"], cwd=base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wheel = next((base / "dist").glob("tgp-*.whl"))
+    venv = base / "venv"
+    assert _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=base).returncode == 0
+    site = _run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=base)
+    # The pinned dependencies, visible after the venv's own site-packages (a plain path: the
+    # development venv's editable tgp finder is not activated).
+    (Path(site.stdout.strip()) / "_tgp_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    proc = _run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
+                 "--no-index", wheel], cwd=base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return wheel, venv
+
+
+@pytest.fixture(scope="module")
+def installed_run(wheel_env, tmp_path_factory):
+    """The installed ``tgp-run experiment=smoke`` in a folder outside the repo: its run directory."""
+    _, venv = wheel_env
+    cwd = tmp_path_factory.mktemp("elsewhere")
+    proc = _run([venv / "bin" / "tgp-run", "experiment=smoke", "progress_bar=false"], cwd=cwd, timeout=600)
+    assert proc.returncode == 0, f"STDOUT\n{proc.stdout[-3000:]}\nSTDERR\n{proc.stderr[-5000:]}"
+    runs = list((cwd / "outputs" / "runs").iterdir())  # paths.log_dir=outputs: relative to the cwd
+    assert len(runs) == 1
+    return cwd, runs[0]
+
+
+def test_wheel_ships_the_config_tree_and_the_console_scripts(wheel_env):
+    wheel, venv = wheel_env
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"tgp/conf/config.yaml", "tgp/conf/hydra/launcher/slurm.yaml", "tgp/conf/experiment/smoke.yaml"} <= names
+    conf = {str(p.relative_to(ROOT)) for p in (ROOT / "tgp" / "conf").rglob("*.yaml") if "local" not in p.parts}
+    assert conf <= names, sorted(conf - names)
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    for script in ("tgp-run", "tgp-eval", "tgp-report"):
+        assert script in entry and (venv / "bin" / script).exists()
+    where = _run([venv / "bin" / "python", "-c", "import tgp; print(tgp.__file__)"], cwd=venv)
+    assert where.stdout.strip().startswith(str(venv)), where  # the wheel's copy, not the editable one
+
+
+def test_search_path_adds_a_user_config_folder(wheel_env, tmp_path):
+    _, venv = wheel_env
+    (tmp_path / "my_conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "my_conf" / "experiment" / "my_recipe.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - smoke\nname: my_recipe\npruning:\n  sparsity: 0.7\n")
+    proc = _run([venv / "bin" / "tgp-run", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "experiment=my_recipe",
+                 "--cfg", "job"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "name: my_recipe" in proc.stdout and "sparsity: 0.7" in proc.stdout
+    assert "limit_train_batches: 3" in proc.stdout  # the packaged experiment=smoke it extends
+    bad = _run([venv / "bin" / "tgp-run", "experiment=my_recipe", "--cfg", "job"], cwd=tmp_path)  # not searched
+    assert bad.returncode == 2 and "my_recipe" in bad.stderr
+
+
+@pytest.mark.slow  # one smoke run of the installed package (~45 s on 2 shared cores)
+def test_installed_tgp_run_from_another_directory(installed_run):
+    cwd, run = installed_run
+    row = json.loads((run / "metrics.json").read_text())
+    assert row["status"] == "ok" and Path(row["run_dir"]).resolve().is_relative_to(cwd.resolve())
+    assert (run / "student_sparse.pt").is_file() and (run / "prune" / "mask.pt").is_file()
+
+
+@pytest.mark.slow
+def test_tgp_eval_reproduces_the_run(installed_run, wheel_env):
+    cwd, run = installed_run
+    _, venv = wheel_env
+    proc = _run([venv / "bin" / "tgp-eval", run.relative_to(cwd), "--repeats", "5", "--batch", "16"], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test top-1 %" in proc.stdout and "unstructured sparsity does not speed them up" in proc.stdout
+    row, ran = json.loads((run / "eval.json").read_text()), json.loads((run / "metrics.json").read_text())
+    assert row["top1"] == ran["top1_last"]
+    assert row["measured_sparsity"] == ran["measured_sparsity"] and row["sparsity_over"] == "mask"
+    assert row["effective_sparsity"] == ran["effective_sparsity"]
+    assert (row["flops_dense"], row["flops_nonzero"]) == (ran["flops_dense"], ran["flops_nonzero"])
+    assert row["latency_ms_dense"] > 0 and row["throughput_zeros"] > 0 and row["top5"] is None  # 10 classes
+
+
+@pytest.mark.slow
+def test_tgp_eval_state_dict_with_overrides_and_lightning_checkpoint(installed_run, tmp_path, capsys):
+    _, run = installed_run
+    ran = json.loads((run / "metrics.json").read_text())
+    out = tmp_path / "sd.json"
+    assert tgp_eval.main([str(run / "student_sparse.pt"), "experiment=smoke", "--no-timing", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["kind"] == "state_dict" and row["mask"] is None and row["sparsity_over"] == "conv_linear_weights"
+    assert row["top1"] == ran["top1_last"] and row["measured_sparsity"] == ran["measured_sparsity"]
+
+    out = tmp_path / "ckpt.json"
+    assert tgp_eval.main([f"ckpt_path={run / 'retrain' / 'last.ckpt'}", "experiment=smoke", "--no-timing",
+                          "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["kind"] == "lightning_ckpt" and "mask buffers" in row["mask"]
+    assert row["top1"] == ran["top1_last"] and row["measured_sparsity"] == ran["measured_sparsity"]
+
+    with pytest.raises(SystemExit) as e:  # a checkpoint that does not fit the composed model
+        tgp_eval.main([str(run / "student_sparse.pt"), "experiment=smoke", "model.width=16", "--no-timing"])
+    assert e.value.code == 2
+    assert "does not fit" in capsys.readouterr().err
+
+
+def test_tgp_eval_missing_file_is_one_paragraph_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        tgp_eval.main([str(tmp_path / "nothing.pt")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tgp-eval: error: ckpt_path=") and "no such file" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        tgp_eval.main([])
+    assert e.value.code == 2 and "nothing to evaluate" in capsys.readouterr().err
