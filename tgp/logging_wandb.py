@@ -14,7 +14,13 @@ worker attaches to it through the wandb service, so a DDP job still yields one r
 The entry point wraps each job in :func:`wandb_job`, which logs the sparsity report and the
 ``metrics.json`` row as the run summary and calls ``finish()`` in a ``finally`` (exit code 1
 when the job failed). Without an API key the mode is ``offline`` (``WANDB_MODE`` set by the user
-wins) and the command to upload the run later is printed: no login prompt, ever.
+wins) and the command to upload the run later is printed: no login prompt, ever. W&B's own banners
+and footer stay off the console unless ``verbose=true`` (``WANDB_SILENT``, see :mod:`tgp.logs`).
+
+A stage the job reused from the stage store (the usual case in a sweep: one teacher and one
+KD-pretrained student serve every sparsity) computed nothing, so its Trainer logged nothing; its
+curves are replayed from its ``metrics.csv`` into this job's run, and the summary marks every stage
+``<stage>/reused`` 1 or 0.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class _JobRun:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.logger = None
+        self.reused: list[str] = []  # stages this job took from the stage store (their curves replayed)
 
     def get_logger(self, lcfg: DictConfig | None = None):
         if self.logger is None:
@@ -80,6 +87,13 @@ class _JobRun:
 
             lcfg = lcfg if lcfg is not None else find_wandb_logger_cfg(self.cfg)
             ensure_wandb_mode()
+            from tgp.logs import configure_console
+
+            configure_console(self.cfg)  # WANDB_SILENT unless verbose=true, before wandb starts
+            if os.environ.get("WANDB_SILENT", "").lower() in ("1", "true"):
+                import wandb
+
+                wandb.setup(settings=wandb.Settings(silent=True))  # silent from the first message on
             self.run_dir.mkdir(parents=True, exist_ok=True)
             kwargs = {"id": run_id_for(self.run_dir), "resume": "allow", "save_dir": str(self.run_dir)}
             kwargs = {k: v for k, v in kwargs.items() if lcfg.get(k) in (None, "")}
@@ -98,6 +112,39 @@ class _JobRun:
             except Exception:  # noqa: BLE001 - an unresolvable value must not stop the job
                 self.logger.log_hyperparams(hparams)
         return self.logger
+
+    def replay_stage(self, name: str, folder: Path) -> None:
+        """Log a reused stage's per-epoch curves from its own ``metrics.csv`` (the rows its Trainer
+        logged when it was computed: the same keys, ``epoch`` and ``trainer/global_step`` as a live
+        stage, plus ``<stage>/epoch``) and mark it ``<stage>/reused: 1`` in the summary and in the
+        config's ``reused_stages``."""
+        import csv
+
+        run = self.get_logger().experiment
+        path = Path(folder) / "metrics.csv"
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        for row in rows:
+            item = {}
+            for k, v in row.items():
+                if k in ("epoch", "step") or v in (None, ""):
+                    continue
+                try:
+                    item[k] = float(v)
+                except ValueError:
+                    continue
+            if not item:
+                continue
+            if row.get("epoch") not in (None, ""):
+                item["epoch"] = item[f"{name}/epoch"] = int(float(row["epoch"]))
+            if row.get("step") not in (None, ""):
+                item["trainer/global_step"] = int(float(row["step"]))
+            run.log(item)
+        self.reused.append(name)
+        run.summary[f"{name}/reused"] = 1
+        run.config.update({"reused_stages": list(self.reused)}, allow_val_change=True)
 
     @property
     def started(self) -> bool:
@@ -123,6 +170,9 @@ class _JobRun:
                 for name, v in layers.items():
                     table.add_data(name, *[v.get(c) if isinstance(v, dict) else None for c in cols])
                 run.log({"sparsity_report/layers": table})
+        stages = self.run_dir.iterdir() if self.run_dir.is_dir() else ()
+        for stage in sorted(p.name for p in stages if (p / "result.json").is_file()):
+            summary.setdefault(f"{stage}/reused", 1 if stage in self.reused else 0)
         if row:
             summary.update({k: v for k, v in row.items() if isinstance(v, (int, float, str, bool)) or v is None})
         summary["status"] = "failed" if error else (row or {}).get("status", "ok")
@@ -131,9 +181,12 @@ class _JobRun:
         run.summary.update(summary)
         offline = getattr(run, "settings", None) is not None and getattr(run.settings, "mode", "") in ("offline", "dryrun")
         run_dir = getattr(getattr(run, "settings", None), "sync_dir", None)
+        url = None if offline else getattr(run, "url", None)
         run.finish(exit_code=1 if error else 0)
         if offline and run_dir:
-            print(f"tgp: W&B run saved offline; upload it with: wandb sync {run_dir}", flush=True)
+            print(f"wandb: offline run in {run_dir}; sync with `wandb sync {run_dir}`", flush=True)
+        elif url:
+            print(f"wandb: run {url}", flush=True)
 
 
 def job_logger(cfg: DictConfig, lcfg: DictConfig | None = None):
@@ -144,6 +197,17 @@ def job_logger(cfg: DictConfig, lcfg: DictConfig | None = None):
         # No wandb_job() around us (run_pipeline called directly): one run per run dir of this process.
         _CURRENT = _JobRun(cfg, Path(run_dir or "."))
     return _CURRENT.get_logger(lcfg)
+
+
+def stage_reused(name: str, folder: Path) -> None:
+    """Called by :class:`tgp.stages.StageRunner` for a stage taken from the store: the job's W&B run
+    (if it has one) still gets that stage's curves (:meth:`_JobRun.replay_stage`)."""
+    if _CURRENT is None:
+        return
+    try:
+        _CURRENT.replay_stage(name, Path(folder))
+    except Exception:  # noqa: BLE001 - logging must never turn a good job into a failed one
+        log.warning("could not log the curves of reused stage %s to W&B", name, exc_info=True)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from tgp.checks import validate_job
 from tgp.errors import TGPError
 from tgp.io import atomic_save_json, atomic_torch_save, atomic_write_bytes
 from tgp.job import Job
+from tgp.logs import FILE_ONLY, configure_console
 from tgp.methods import get_method
 from tgp.pruning.mask import load_mask
 from tgp.pruning.threshold import check_sparsity
@@ -62,6 +63,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     Every setting is checked before anything is written to ``run_dir`` or the stage store.
     """
     run_dir = Path(run_dir)
+    configure_console(cfg)  # verbose=false: one line per stage, Lightning's INFO lines in run.log only
     check_sparsity(cfg.pruning.sparsity)
     spec = get_method(str(cfg.method.name))
     dm = build_datamodule(cfg)
@@ -94,5 +96,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     row["run_dir"] = str(run_dir)
     row["status"] = "ok"
     atomic_save_json(row, run_dir / "metrics.json")
-    print(summary_table(row, run_dir), flush=True)
+    table = summary_table(row, run_dir)
+    print(table, flush=True)  # as it is on the console; into Hydra's job log (run.log) only through the logger
+    log.info("summary\n%s", table, extra=FILE_ONLY)
     return row

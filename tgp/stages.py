@@ -34,6 +34,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tgp.io import atomic_save_json, read_json
+from tgp.logs import DETAIL
 from tgp.naming import INFRA_KEYS
 
 log = logging.getLogger("tgp")
@@ -122,14 +123,44 @@ def check_no_config_capture(fn: Callable, stage: str) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None):
+    """An exclusive ``flock`` on ``path``; ``on_wait()`` is called once, before blocking, when another
+    process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _note_reused(name: str, folder: Path) -> None:
+    """Tell the job's W&B run (if any) that ``name`` was reused: it replays the stage's curves."""
+    from tgp.logging_wandb import stage_reused
+
+    stage_reused(name, folder)
 
 
 class StopPipeline(Exception):
@@ -212,12 +243,24 @@ class StageRunner:
         self.keys[name] = key
         folder = self.stage_dir(name, key)
         done = folder / "result.json"
-        with file_lock(folder.parent / f".{folder.name}.lock"):
+        lock = folder.parent / f".{folder.name}.lock"
+        waited: list[float] = []
+
+        def on_wait() -> None:
+            waited.append(time.perf_counter())
+            log.info("stage %s: waiting for another job that is computing it (lock %s)", name, _shown(lock))
+
+        with file_lock(lock, on_wait):
+            wait_note = f" after waiting {time.perf_counter() - waited[0]:.1f} s for another job" if waited else ""
             if done.exists():
-                log.info("stage %s: done already (%s), skipped", name, folder)
+                computed = read_json(done).get("seconds")
+                took = f"computed earlier in {_duration(computed)}; " if computed is not None else ""
+                log.info("stage %s: reused%s (%s%s)", name, wait_note, took, _shown(folder))
                 self.skipped.append(name)
+                _note_reused(name, folder)
             else:
-                log.info("stage %s: running in %s", name, folder)
+                log.info("stage %s: running in %s", name, folder, extra=DETAIL)
+                started = time.perf_counter()
                 self.view, self.attempt = stage_view(self.cfg, kind), Attempts(folder)
                 try:
                     result = fn(folder, self.view)
@@ -227,6 +270,10 @@ class StageRunner:
                 finally:
                     self.view = None
                 self.attempt.finish("done")
+                earlier = len(self.attempt.entries) - 1
+                resumed = f" (resumed: attempt {earlier + 1}, {_duration(self.attempt.seconds)} in all)" if earlier else ""
+                log.info("stage %s: done in %s%s%s (%s)", name, _duration(time.perf_counter() - started), resumed,
+                         wait_note, _shown(folder))
                 result.update(kind=kind.name, version=kind.version, key=key, parent=self.keys.get(parent),
                               seconds=self.attempt.seconds, attempts=self.attempt.entries)
                 self.attempt = None
