@@ -45,6 +45,8 @@ sweep: install
 	$(PY) -m tgp.run -m experiment=demo sweep=ladder_a method=tgp,magnitude name=demo_sweep $(ARGS)
 	$(PY) -m tgp.report outputs/sweeps/demo_sweep
 
+# The paper's Table 2 grid (SMOKE=1: digits, ladder A, seed 0). Jobs, stages and the report go under
+# outputs/ (report: outputs/reproduce_table2[_smoke]/), never into the source tree; ARGS="--dry-run" only plans.
 reproduce-table2: install
 	$(PY) experiments/reproduce_table2.py --smoke $(SMOKE) $(ARGS)
 
