@@ -126,3 +126,41 @@ def test_report_logs_a_comparison_run(tmp_path, monkeypatch):
     logged = {k.split(".")[0] for k in history_keys(records)}  # tables are logged as <key>._type, ...
     assert {"comparison", "references", "acc_vs_sparsity/digits/resnet20_table"} <= logged, logged
     assert {"plots/acc_vs_sparsity_digits_resnet20", "plots/cost_digits_resnet20"} <= logged, logged
+
+
+def test_a_job_whose_stages_were_reused_still_logs_their_curves(tmp_path, stage_store):
+    """In a sweep the teacher and the KD-pretrained student are computed once: the second job reuses
+    them, yet its W&B run holds their per-epoch curves (replayed from each stage's metrics.csv, with
+    the rows' own epoch and step) and marks them ``<stage>/reused`` 1; the prune stage it computed is
+    marked 0. The console stays quiet: no W&B banner, one sync line per job."""
+    import csv
+
+    env = {**os.environ, "WANDB_MODE": "offline", "HOME": str(tmp_path / "home")}
+    env.pop("WANDB_SILENT", None)
+    cmd = [sys.executable, "-m", "tgp.run", "-m", "experiment=smoke", "logger=wandb", "name=wbreuse", "stop_after=prune",
+           "pruning.sparsity=0.7,0.8", f"paths.log_dir={tmp_path}", f"paths.stage_store={stage_store}", "progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    console = proc.stdout + proc.stderr
+    assert console.count("wandb sync") == 2 and "Tracking run with wandb" not in console, console
+    job = next(p for p in (tmp_path / "sweeps" / "wbreuse").iterdir() if p.is_dir() and "-s0.8-" in p.name)
+    records = read_wandb_records(next((job / "wandb").glob("offline-run-*")))
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    for stage in ("teacher", "kd_pretrain"):
+        with open(job / stage / "metrics.csv", newline="") as f:
+            expected = [{k: float(v) for k, v in row.items() if v not in ("", None) and k not in ("epoch", "step")}
+                        for row in csv.DictReader(f)]
+        replayed = [{k: v for k, v in item.items() if k.startswith(f"{stage}/") and k != f"{stage}/epoch"}
+                    for item in history if f"{stage}/epoch" in item]
+        assert len(replayed) == len(expected) > 0, (stage, replayed, expected)
+        for got, want in zip(replayed, expected):
+            assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k]) for k in want), (got, want)
+        assert all("trainer/global_step" in item for item in history if f"{stage}/epoch" in item)
+    assert "prune/val/acc" in history_keys(records)  # computed by this job, logged live
+    summary = summary_of(records)
+    assert summary["teacher/reused"] == 1 and summary["kd_pretrain/reused"] == 1 and summary["prune/reused"] == 0
+    config = {}
+    for r in records:
+        if r["type"] == "config":
+            config.update(r["config"].get("update") or {})
+    assert sorted(config.get("reused_stages") or []) == ["kd_pretrain", "teacher"], config.get("reused_stages")
