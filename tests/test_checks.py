@@ -181,6 +181,7 @@ def with_(cfg, **dotted):
     ("tgp", {"pruning__sparsity": 1.0}, r"pruning.sparsity=1.0"),
     ("tgp", {"trainer__strategy": "ddp_spawn", "trainer__devices": 3, "data__batch_size": 32}, r"data.batch_size=32"),
     ("sdp", {"pruning__mask": "x.pt"}, r"pruning.mask='x.pt': method sdp computes its own masks"),
+    ("tgp", {"pruning__exclude": "layers.2.*"}, r"pruning.exclude='layers.2.\*': must be a list.*\[layers.2.\*\]"),
 ])
 def test_validate_job(smoke, method, changes, match):
     from tgp.checks import validate_job

@@ -24,7 +24,11 @@ def validate_job(cfg: DictConfig, spec, dm, student) -> None:
 
     check_sparsity(OmegaConf.select(cfg, "pruning.sparsity"))
     check_batch_size(cfg)
-    prunable_parameters(student, list(cfg.pruning.exclude))  # raises on a pattern that matches nothing
+    exclude = cfg.pruning.exclude
+    if not OmegaConf.is_list(exclude):  # a string would be read character by character
+        raise ConfigError("pruning.exclude", exclude, "must be a list of module-name patterns.",
+                          f"write it as a list, e.g. 'pruning.exclude=[{exclude}]' (quotes for the shell).")
+    prunable_parameters(student, list(exclude))  # raises on a pattern that matches nothing
     check_mask(cfg, spec, student)
     check_sanity(cfg, spec)
 

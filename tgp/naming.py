@@ -14,12 +14,15 @@ import json
 from omegaconf import DictConfig, OmegaConf
 
 # Top-level nodes that never change what a run computes.
-EXCLUDED_NODES = ("hydra", "paths", "logger", "progress_bar", "channels_last", "stop_after")
+EXCLUDED_NODES = ("hydra", "paths", "logger", "progress_bar", "channels_last", "stop_after", "verbose", "ckpt_path",
+                  "tags", "extras")
 # Keys inside nodes that change where or how fast a run goes, never what it computes.
 INFRA_KEYS = {
     "data": ("root", "num_workers", "pin_memory", "persistent_workers", "download", "eval_batch_size"),
     "trainer": ("accelerator", "devices", "strategy", "num_nodes", "enable_progress_bar", "enable_model_summary",
-                "log_every_n_steps", "benchmark", "sync_batchnorm"),
+                "log_every_n_steps", "benchmark", "sync_batchnorm", "profiler"),
+    # What a stage logs and shows, not what it trains (best-checkpoint and early-stopping settings do count).
+    "callbacks": ("lr_monitor", "rich_progress_bar"),
 }
 
 

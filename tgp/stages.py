@@ -39,8 +39,9 @@ from tgp.naming import INFRA_KEYS
 
 log = logging.getLogger("tgp")
 
-# Nodes every stage reads: its data, how it trains, the seed.
-BASE_NODES = ("data", "trainer", "optimizer", "schedule", "seed")
+# Nodes every stage reads: its data, how it trains (with its best-checkpoint and early-stopping
+# callbacks), the seed.
+BASE_NODES = ("data", "trainer", "callbacks", "optimizer", "schedule", "seed")
 # Settings a stage may read that never change what it computes (memory layout, ...).
 INFRA_NODES = ("channels_last",)
 

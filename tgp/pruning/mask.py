@@ -24,7 +24,7 @@ def prunable_parameters(model: nn.Module, exclude: list[str] | tuple[str, ...] =
     """Weights of every Conv2d and Linear (ours), minus modules whose name matches an ``exclude`` pattern.
 
     Biases and normalization layers are never pruned. Patterns are shell-style
-    (``fnmatch``) and are matched against module names, e.g. ``conv1`` or ``layer4.*``.
+    (``fnmatch``) and are matched against module names, e.g. ``conv1`` or ``layers.3.*``.
     A pattern that matches no prunable module is a configuration error, not a silent no-op.
     """
     candidates = {name: mod for name, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))}
