@@ -120,7 +120,7 @@ def apply_extras(cfg: DictConfig) -> None:
     if extras.get("ignore_warnings", False):
         for category, message in _NOISE:
             warnings.filterwarnings("ignore", message=message or "", category=category)
-        with contextlib.suppress(ImportError):
+        if "optuna" in sys.modules:  # only an Optuna sweep has it loaded; importing it costs a second
             from optuna.exceptions import ExperimentalWarning
 
             warnings.filterwarnings("ignore", category=ExperimentalWarning)
