@@ -9,7 +9,7 @@ export WANDB_SILENT := true
 # Never block on a login prompt: without an API key, W&B runs offline.
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-fast demo bench reproduce-table2 sweep report lint clean
+.PHONY: install test test-slow test-all demo bench reproduce-table2 sweep report lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,12 +22,17 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The whole suite, `slow` tests included (8 min 9 s measured on 2 CPU cores); `make test-fast` skips those.
+# The tests (`make test`): everything but the `slow` end-to-end tests (DDP with 2 gloo processes,
+# kill/resume, the installed wheel, the Optuna search, reproduce-table2); `make test-slow` runs
+# those, `make test-all` both. CI runs `make test` and then `make test-slow`.
 test: install
-	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
-
-test-fast: install
 	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: install
+	WANDB_MODE=offline $(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: install
+	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
 
 # The main job on the bundled offline data: TGP against magnitude, ce_grad, SNIP and TGP's
 # layer-shuffle sanity check at 90% sparsity over 3 seeds (one sweep folder), then the report

@@ -155,6 +155,7 @@ def test_teacher_stage_fast_dev_run(cli, tmp_path):
 
 
 # -- DDP ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ddp_sim_two_ranks_hold_identical_masks(cli, tmp_path):
     cli(["experiment=smoke", "trainer=ddp_sim", "pruning.sparsity=0.8"], timeout=900)
     report = read_json(tmp_path / "run" / "prune" / "sparsity_report.json")

@@ -158,6 +158,7 @@ def test_sweep_ladders_compose():
     assert slurm.hydra.launcher.tasks_per_node == 1
 
 
+@pytest.mark.slow
 def test_reproduce_table2_cut_down(tmp_path, stage_store):
     """The smoke grid through the real script: 1 sparsity, tgp (KD and CE) + magnitude + an unknown method.
     The report goes under the log folder (never into the source tree); progress lines are runnable commands."""

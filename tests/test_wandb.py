@@ -128,7 +128,7 @@ def test_report_logs_a_comparison_run(tmp_path, monkeypatch):
     assert {"plots/acc_vs_sparsity_digits_resnet20", "plots/cost_digits_resnet20"} <= logged, logged
 
 
-def test_a_job_whose_stages_were_reused_still_logs_their_curves(tmp_path, stage_store):
+def test_a_job_whose_stages_were_reused_still_logs_their_curves(tmp_path):
     """In a sweep the teacher and the KD-pretrained student are computed once: the second job reuses
     them, yet its W&B run holds their per-epoch curves (replayed from each stage's metrics.csv, with
     the rows' own epoch and step) and marks them ``<stage>/reused`` 1; the prune stage it computed is
@@ -138,7 +138,9 @@ def test_a_job_whose_stages_were_reused_still_logs_their_curves(tmp_path, stage_
     env = {**os.environ, "WANDB_MODE": "offline", "HOME": str(tmp_path / "home")}
     env.pop("WANDB_SILENT", None)
     cmd = [sys.executable, "-m", "tgp.run", "-m", "experiment=smoke", "logger=wandb", "name=wbreuse", "stop_after=prune",
-           "pruning.sparsity=0.7,0.8", f"paths.log_dir={tmp_path}", f"paths.stage_store={stage_store}", "progress_bar=false"]
+           # A store of its own: which stages the second job reuses must not depend on other tests.
+           "pruning.sparsity=0.7,0.8", f"paths.log_dir={tmp_path}", f"paths.stage_store={tmp_path}/stages",
+           "progress_bar=false"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-4000:]
     console = proc.stdout + proc.stderr

@@ -72,7 +72,7 @@ class Training:
         ``early_stopping``: whether this Trainer may get the group's early stopping (:meth:`fit`'s do).
         """
         loggers = make_loggers(self.cfg, stage, folder, version=log_version)
-        cbs = [*callbacks, *config_callbacks(self.cfg, stage, early_stopping=early_stopping)]
+        cbs = [*callbacks, *config_callbacks(self.cfg, stage, early_stopping=early_stopping, has_logger=bool(loggers))]
         from tgp.logs import ConsoleSettings, is_verbose
 
         cbs.append(ConsoleSettings(is_verbose(self.cfg)))  # verbose or quiet, also in DDP-spawned ranks
@@ -177,7 +177,8 @@ class Training:
 
 
 # -- the config's callbacks group ----------------------------------------------------------------
-def config_callbacks(cfg: DictConfig, stage: str, *, early_stopping: bool = False) -> list[Callback]:
+def config_callbacks(cfg: DictConfig, stage: str, *, early_stopping: bool = False,
+                     has_logger: bool = True) -> list[Callback]:
     """The ``callbacks`` group's callbacks for one stage's Trainer: every entry with a ``_target_`` and
     ``enabled: true`` (``model_checkpoint`` is read by :meth:`Training.fit` instead). A ``monitor`` is
     prefixed with the stage (``val/acc`` -> ``<stage>/val/acc``); early stopping only where
@@ -194,6 +195,8 @@ def config_callbacks(cfg: DictConfig, stage: str, *, early_stopping: bool = Fals
             continue
         if target.endswith("ProgressBar") and not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
             continue  # Lightning refuses a progress-bar callback on a Trainer without a bar
+        if target.endswith("LearningRateMonitor") and not has_logger:
+            continue  # Lightning refuses an LR monitor on a Trainer without a logger (logger=none)
         if "monitor" in settings:
             settings["monitor"] = f"{stage}/{settings['monitor']}"
         if target.endswith("StageLearningRateMonitor"):
