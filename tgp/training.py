@@ -416,17 +416,21 @@ class TrainingCost(Callback):
         self.examples = self.flops_dense = self.flops_nonzero = self.epochs = 0
         self._epoch = [0, 0, 0]
         self._densities: dict[str, float] = {}
+        self._per_batch: dict[int, tuple[int, int]] = {}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         from tgp.report.flops import mask_densities
 
         self._epoch = [0, 0, 0]
         self._densities = mask_densities(getattr(pl_module, "mask", None))
+        self._per_batch: dict[int, tuple[int, int]] = {}  # batch size -> FLOPs, fixed within an epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        n = int(len(x))
-        dense, nonzero = self.flops.batch(n, self._densities) if self.flops is not None else (0, 0)
+        n = int(len(x))  # a shape, no device sync
+        if n not in self._per_batch:  # no per-step loop over layers: once per batch size and epoch
+            self._per_batch[n] = self.flops.batch(n, self._densities) if self.flops is not None else (0, 0)
+        dense, nonzero = self._per_batch[n]
         self._epoch[0] += n
         self._epoch[1] += dense
         self._epoch[2] += nonzero
