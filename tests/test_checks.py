@@ -1,7 +1,7 @@
 """Every bad setting is refused before any work: exit code 2, one paragraph naming the setting and the fix,
 no traceback, and no stage folder.
 
-Two layers: :func:`tgp.run.precheck` (the command line against the config tree, output folders, the
+Two layers: :func:`tgp.precheck.precheck` (the command line against the config tree, output folders, the
 device; before Hydra creates anything) and :func:`tgp.checks.validate_job` (the method's stages and
 epoch counts, the mask file, the batch split; before the first stage). Each CLI call here fails
 before training, so it costs the start-up of the process only.

@@ -2,7 +2,7 @@
 
 :func:`validate_job` runs in :func:`tgp.pipeline.run_pipeline` after the data and an untrained student
 are built and before any stage folder exists. Checks that need only the command line (config groups,
-unknown keys, output folders, the device) run earlier, in :func:`tgp.run.precheck`.
+unknown keys, output folders, the device) run earlier, in :func:`tgp.precheck.precheck`.
 """
 
 from __future__ import annotations

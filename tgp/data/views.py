@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tgp.data.base import ImageClassificationDataModule, TransformedSubset

@@ -28,9 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from tgp.blocks import (
-    build_net, ce_loss, init_stage, load_stage_net, make_module, prune_stage, sparse_start_net,
-)
+from tgp.blocks import ce_loss, init_stage, load_stage_net, make_module, prune_stage, sparse_start_net
 from tgp.data.views import SelfDistillData
 from tgp.distill.self_distill import REGIMES, SCORE_BN, ce_score_loss, score_loss
 from tgp.errors import ConfigError

@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tgp.blocks import INIT, build_net, ce_loss, init_stage, load_stage_net, make_module, train_masked
+from tgp.blocks import ce_loss, init_stage, load_stage_net, make_module, train_masked
 from tgp.data.views import ClassSubsetDataModule
 from tgp.errors import ConfigError
 from tgp.io import atomic_save_json

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from tgp.io import atomic_save_json, atomic_torch_save
 from tgp.pruning.mask import (
-    Mask, apply_mask, classifier_name, prunable_parameters, save_mask, sparsity_report, warn_layer_collapse,
+    Mask, classifier_name, prunable_parameters, save_mask, sparsity_report, warn_layer_collapse,
 )
 from tgp.pruning.nested import magnitude_mask, mask_counts
 from tgp.pruning.schedules import cubic_sparsity

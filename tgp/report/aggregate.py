@@ -308,9 +308,9 @@ def _baseline_rows(rows: list[dict]) -> list[dict]:
             teachers[(r.get("dataset"), r.get("model"), r.get("teacher"))].append(r)
         if r.get("top1_dense_student") is not None:
             dense[(r.get("dataset"), r.get("model"), _dense_stage(r))].append(r)
-    for kind, table, field in (("teacher", teachers, "top1_teacher"), ("dense", dense, "top1_dense_student")):
+    for kind, table, metric in (("teacher", teachers, "top1_teacher"), ("dense", dense, "top1_dense_student")):
         for (dataset, model, what), rs in table.items():
-            vals = _per_seed_mean(rs, field)
+            vals = _per_seed_mean(rs, metric)
             label = (f"teacher {what or '?'}" if kind == "teacher"
                      else f"dense student ({what})" if what else "dense student")
             g = {"kind": kind, "method": label, "label": label, "variant": label, "sanity": None, "dataset": dataset,
