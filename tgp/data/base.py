@@ -3,6 +3,12 @@
 A subclass only says how to load the raw train and test sets (items ``(raw_image, int_label)``)
 and which transforms to apply; this class does the seeded train/val split, the optional
 ``limit_train``/``limit_test`` subsets and builds the dataloaders.
+
+Two data paths (``data.loader``), one implementation for every dataset that offers the second:
+``torch`` (DataLoader workers run the PIL transforms per image) and ``device`` (the split as one
+``uint8`` tensor on the training device, augmented in batches by
+:class:`~tgp.data.device_loader.DeviceLoader`). A dataset offers ``device`` by implementing
+:meth:`ImageClassificationDataModule._uint8_split`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tgp.data.device_loader import DeviceLoader
 from tgp.errors import ConfigError
+
+LOADERS = ("torch", "device")
 
 
 def per_rank_batch(batch_size: int, world_size: int, setting: str = "data.batch_size") -> int:
@@ -108,6 +117,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
     num_classes: int = 0
     in_channels: int = 0
     image_size: int = 0
+    # The data path. A class attribute too, so that views built without __init__ (class subsets)
+    # take the torch path over their own subsets.
+    loader: str = "torch"
+    crop_padding: int = 4  # RandomCrop(image_size, padding=crop_padding) of the train transform, on both paths
 
     def __init__(
         self,
@@ -124,6 +137,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         limit_train: int | None = None,
         limit_test: int | None = None,
         score_seed: int = 0,
+        loader: str = "torch",
     ):
         super().__init__()
         _check_int("data.batch_size", batch_size, minimum=1)
@@ -147,6 +161,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.limit_train = limit_train
         self.limit_test = limit_test
         self.score_seed = int(score_seed)
+        self.loader = self._checked_loader(loader)
         # Seed of the training order and augmentation (EpochSampler); Training.fit sets it per stage.
         self.shuffle_seed = self.split_seed
 
@@ -172,6 +187,36 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def eval_transform(self) -> Callable | None:
         raise NotImplementedError
+
+    def _uint8_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images uint8 [n, H, W, C], labels int64 [n])`` of ``split`` (``train``, ``val`` or
+        ``test``), as decoded and before any transform, in the order of that split's indices.
+
+        What the device loader serves; a dataset whose raw images are equal-sized ``uint8`` arrays
+        implements it (and its train transform must be :func:`~tgp.data.transforms.pil_train_transform`
+        with ``crop_padding``, which the device loader reproduces) to offer ``data.loader=device``.
+        """
+        raise NotImplementedError
+
+    def _split_indices(self, split: str) -> np.ndarray:
+        """Indices of ``split`` into its raw set (the full train set for train/val, the test set for test)."""
+        self._require_setup()
+        return {"train": self.train_indices, "val": self.val_indices, "test": self.test_indices}[split]
+
+    @classmethod
+    def _has_device_path(cls) -> bool:
+        return cls._uint8_split is not ImageClassificationDataModule._uint8_split
+
+    def _checked_loader(self, loader: Any) -> str:
+        if loader not in LOADERS:
+            raise ConfigError("data.loader", loader, "unknown data path.",
+                              "use torch (DataLoader workers, PIL transforms) or device (images on the training "
+                              "device, batched augmentation there).")
+        if loader == "device" and not self._has_device_path():
+            raise ConfigError("data.loader", loader, f"the {self.name} dataset has no device path (it is offered by "
+                              "datasets stored as equal-sized uint8 images: cifar10, cifar100, tiny_imagenet).",
+                              "set data.loader=torch.")
+        return loader
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
@@ -256,7 +301,30 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """The evaluation batch per rank, likewise (or the whole batch outside DDP)."""
         return per_rank_batch(self.eval_batch_size, self.world_size, "data.eval_batch_size")
 
-    def train_dataloader(self) -> DataLoader:
+    # ----------------------------------------------------------------- the device path
+    def _device_loader(self, split: str, device: torch.device | str | None = None) -> DeviceLoader:
+        """``split`` served by a :class:`DeviceLoader` on ``device`` (default: the attached Trainer's
+        root device, else the CPU) with the same batch sizes, drop_last rule, augmentation and
+        normalization as the torch path; the training order and crops are seeded by
+        ``(shuffle_seed, trainer epoch)`` so a resumed stage draws the epochs it had not drawn."""
+        images, labels = self._uint8_split(split)
+        trainer = getattr(self, "trainer", None)
+        if device is None:
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        device = torch.device(device)
+        train = split == "train"
+        return DeviceLoader(
+            images, labels, batch_size=self.rank_batch_size if train else self.rank_eval_batch_size,
+            mean=self.mean, std=self.std, device=device, shuffle=train,
+            drop_last=train and len(labels) > self.batch_size, augment=train and self.augment,
+            padding=self.crop_padding, seed=self.shuffle_seed, channels_last=device.type == "cuda",
+            epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None,
+        )
+
+    # ----------------------------------------------------------------- the loaders Lightning asks for
+    def train_dataloader(self) -> DataLoader | DeviceLoader:
+        if self.loader == "device":
+            return self._device_loader("train")
         self._require_setup()
         drop_last = len(self.data_train) > self.batch_size
         batch = self.rank_batch_size
@@ -268,11 +336,15 @@ class ImageClassificationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceLoader:
+        if self.loader == "device":
+            return self._device_loader("val")
         self._require_setup()
         return self._loader(self.data_val, self.rank_eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceLoader:
+        if self.loader == "device":
+            return self._device_loader("test")
         self._require_setup()
         return self._loader(self.data_test, self.rank_eval_batch_size, shuffle=False)
 

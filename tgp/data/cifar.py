@@ -11,11 +11,8 @@ from torchvision.datasets import CIFAR10, CIFAR100
 import torch
 
 from tgp.data.base import ImageClassificationDataModule
-from tgp.data.device_loader import DeviceLoader
 from tgp.data.transforms import pil_eval_transform, pil_train_transform
-from tgp.errors import ConfigError, DataNotFoundError
-
-LOADERS = ("torch", "device")
+from tgp.errors import DataNotFoundError
 
 _LOAD_ERRORS = (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError)
 
@@ -45,41 +42,15 @@ class _CIFARDataModule(ImageClassificationDataModule):
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
-    def __init__(self, *args, verify_checksums: bool = True, loader: str = "torch", **kwargs):
+    def __init__(self, *args, verify_checksums: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.verify_checksums = bool(verify_checksums)
-        if loader not in LOADERS:
-            raise ConfigError("data.loader", loader, "unknown data path.",
-                              "use torch (DataLoader workers, PIL transforms) or device (images on the training "
-                              "device, batched augmentation there).")
-        self.loader = loader
 
-    # -- the device-resident path (data.loader=device) ------------------------------------------
-    def _device_loader(self, split: str) -> DeviceLoader:
-        self._require_setup()
-        train_set, test_set = self.data_train.dataset, self.data_test.dataset  # torchvision datasets
-        source, indices = {"train": (train_set, self.train_indices), "val": (train_set, self.val_indices),
-                           "test": (test_set, self.test_indices)}[split]
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        trainer = self.trainer
-        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        train = split == "train"
-        return DeviceLoader(
-            torch.from_numpy(source.data)[idx], torch.as_tensor(source.targets)[idx],
-            batch_size=self.rank_batch_size if train else self.rank_eval_batch_size, mean=self.mean, std=self.std,
-            device=device, shuffle=train, drop_last=train and len(idx) > self.batch_size,
-            augment=train and self.augment, padding=4, seed=self.shuffle_seed, channels_last=device.type == "cuda",
-            epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None,
-        )
-
-    def train_dataloader(self):
-        return self._device_loader("train") if self.loader == "device" else super().train_dataloader()
-
-    def val_dataloader(self):
-        return self._device_loader("val") if self.loader == "device" else super().val_dataloader()
-
-    def test_dataloader(self):
-        return self._device_loader("test") if self.loader == "device" else super().test_dataloader()
+    def _uint8_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """torchvision keeps the decoded pixels as ``.data`` (uint8 [N, 32, 32, 3]) and ``.targets``."""
+        idx = torch.as_tensor(self._split_indices(split), dtype=torch.long)
+        source = self.data_test.dataset if split == "test" else self.data_train.dataset
+        return torch.from_numpy(source.data)[idx], torch.as_tensor(source.targets)[idx]
 
     @property
     def _dataset_cls(self) -> type[CIFAR10]:
