@@ -114,26 +114,70 @@ def build_grid(datasets, methods, ladders, seeds, limit: int | None, experiment_
     return grid
 
 
-def estimate_hours(grid, experiment_of) -> float:
-    """GPU-hours: teacher and KD pretraining once per (dataset, seed) (shared stage store), plus
-    every job's retraining (times the rounds of iterative methods)."""
+JOB_START_S = {"digits": 8.0}  # ASSUMPTION even with a bench file: process start-up, imports, loading the data (~8 s measured on 2 CPU cores for digits)
+STAGES = ("teacher", "kd_pretrain", "retrain_kd", "retrain_ce")
+
+
+def current_device() -> str:
+    import torch
+
+    from tgp.bench import device_name
+
+    return device_name(torch.device("cuda")) if torch.cuda.is_available() else "cpu"
+
+
+def load_bench(path: Path | None) -> dict | None:
+    """The bench file (``python -m tgp.bench``) of this device, or None when there is none."""
+    if path is None or not path.is_file():
+        return None
+    from tgp.io import read_json
+
+    return read_json(path)
+
+
+def per_epoch_figures(ds: str, experiment: str, bench: dict | None) -> dict:
+    """Seconds per epoch of each stage kind and a job's own overhead for ``ds``: measured (the
+    bench's entry for ``experiment``; compiled when the recipe compiles and that was measured)
+    or, without one, the stated assumptions."""
+    b = experiment_budget(experiment)
+    entry = (bench or {}).get("recipes", {}).get(experiment)
+    if entry and entry.get("modes"):
+        modes = entry["modes"]
+        mode = "compiled" if entry.get("compile_in_recipe") and "compiled" in modes else (
+            "eager" if "eager" in modes else next(iter(modes)))
+        f = modes[mode]
+        start = JOB_START_S.get(ds, 30.0)
+        return {"source": "measured", "mode": mode, "measured": entry.get("measured"), "batch": entry.get("batch"),
+                **{k: f["stage_epoch_s"][k] for k in STAGES},
+                "job_overhead": start + f["prune_s"] + f["test_eval_s"], "job_start": start}
+    per_epoch = SECONDS_PER_EPOCH.get(ds, 12.0)
+    return {"source": "assumed", "teacher": per_epoch * TEACHER_FACTOR.get(b["teacher"], 2.0),
+            "kd_pretrain": per_epoch * KD_FACTOR, "retrain_kd": per_epoch * KD_FACTOR, "retrain_ce": per_epoch,
+            "job_overhead": JOB_OVERHEAD_S.get(ds, 60.0)}
+
+
+def estimate_hours(grid, experiment_of, bench: dict | None = None) -> tuple[float, dict]:
+    """Device-hours and the per-epoch figures used per dataset: teacher and KD pretraining once per
+    (dataset, seed) (shared stage store), plus every job's own overhead and retraining (times the
+    rounds of iterative methods)."""
     total = 0.0
     seen = set()
+    used = {}
     for entry in grid:
         ds = entry["dataset"]
         b = experiment_budget(experiment_of(ds))
-        per_epoch = SECONDS_PER_EPOCH.get(ds, 12.0)
+        f = used.setdefault(ds, per_epoch_figures(ds, experiment_of(ds), bench))
         for job in entry["jobs"]:
             if (ds, job["seed"]) not in seen:
                 seen.add((ds, job["seed"]))
-                total += per_epoch * (b["teacher_epochs"] * TEACHER_FACTOR.get(b["teacher"], 2.0) + b["kd_epochs"] * KD_FACTOR)
-            kd = KD_FACTOR if job["retrain_kd"] else 1.0
-            total += JOB_OVERHEAD_S.get(ds, 60.0)
-            total += per_epoch * b["retrain_epochs"] * kd * rounds(job["method"], job["sparsity"])
-    return total / 3600
+                total += b["teacher_epochs"] * f["teacher"] + b["kd_epochs"] * f["kd_pretrain"]
+            retrain = f["retrain_kd"] if job["retrain_kd"] else f["retrain_ce"]
+            total += f["job_overhead"] + b["retrain_epochs"] * retrain * rounds(job["method"], job["sparsity"])
+    return total / 3600, used
 
 
-def print_grid(grid, hours: float, smoke: bool) -> None:
+def print_grid(grid, hours: float, smoke: bool, used: dict | None = None, bench: dict | None = None,
+               bench_path: Path | None = None) -> None:
     n = sum(len(e["jobs"]) for e in grid)
     print(f"Table 2 grid ({'smoke: digits, reduced' if smoke else 'full'}): {n} jobs in {len(grid)} sweeps")
     for e in grid:
@@ -142,11 +186,26 @@ def print_grid(grid, hours: float, smoke: bool) -> None:
         seeds = sorted({j["seed"] for j in e["jobs"]})
         print(f"  {e['dataset']:<14} {', '.join(methods):<52} sparsities {', '.join(f'{100 * s:.4g}%' for s in sps)}"
               f"  seeds {seeds}  ({len(e['jobs'])} jobs)")
-    unit = "CPU-hours (digits smoke)" if smoke else "GPU-hours on one A100/H100-class GPU"
-    print(f"Estimate: {hours:.2f} {unit}. ASSUMPTIONS (not measured): seconds per student epoch "
-          f"{SECONDS_PER_EPOCH}, teacher epoch factor {TEACHER_FACTOR}, KD epoch factor {KD_FACTOR}, "
-          f"{JOB_OVERHEAD_S.get(grid[0]['dataset'] if grid else '', 60.0):.0f} s overhead per job, "
-          f"IMP/COLT one retraining per 20 % round; teacher and KD pretraining shared per (dataset, seed).", flush=True)
+    used = used or {}
+    measured = {ds: f for ds, f in used.items() if f["source"] == "measured"}
+    assumed = [ds for ds, f in used.items() if f["source"] != "measured"]
+    if measured:
+        print(f"Estimate: {hours:.2f} device-hours on one {bench['device']} (this machine's device), from figures "
+              f"MEASURED there by `python -m tgp.bench` ({bench_path}). Seconds per epoch:")
+        for ds, f in measured.items():
+            print(f"  {ds:<14} teacher {f['teacher']:.1f}, KD pretraining {f['kd_pretrain']:.1f}, retraining with KD "
+                  f"{f['retrain_kd']:.1f} / CE {f['retrain_ce']:.1f}; + {f['job_overhead']:.1f} s per job "
+                  f"({f['mode']}, batch {f['batch']}, measured {f['measured']})")
+        print(f"  Still assumed: {next(iter(measured.values()))['job_start']:.0f} s start-up per job; IMP/COLT one "
+              "retraining per 20 % round; teacher and KD pretraining shared per (dataset, seed).", flush=True)
+    if assumed or not used:
+        unit = "CPU-hours (digits smoke)" if smoke else "GPU-hours on one A100/H100-class GPU"
+        where = f" for {', '.join(assumed)}" if measured else ""
+        lead = "  The rest:" if measured else f"Estimate: {hours:.2f} {unit}."
+        print(f"{lead} ASSUMPTIONS (not measured{where}; `python -m tgp.bench` on the device measures them): "
+              f"seconds per student epoch {SECONDS_PER_EPOCH}, teacher epoch factor {TEACHER_FACTOR}, KD epoch factor "
+              f"{KD_FACTOR}, {JOB_OVERHEAD_S.get(grid[0]['dataset'] if grid else '', 60.0):.0f} s overhead per job, "
+              "IMP/COLT one retraining per 20 % round; teacher and KD pretraining shared per (dataset, seed).", flush=True)
 
 
 def run_sweep(entry, common: list[str], log_dir: Path, timeout: float | None) -> int:
@@ -179,6 +238,8 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, run nothing")
     p.add_argument("--wandb", action="store_true", help="log the runs and the comparison to W&B (offline without a key)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per sweep before it is stopped")
+    p.add_argument("--bench", default=None,
+                   help="bench JSON of the device (default: outputs/bench/<this device>.json when it exists)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job, e.g. trainer=ddp")
     args = p.parse_args(argv)
 
@@ -191,7 +252,12 @@ def main(argv=None) -> int:
     experiment_of = (lambda ds: SMOKE["experiment"]) if smoke else (lambda ds: DATASETS[ds])
 
     grid = build_grid(datasets, methods, ladders, seeds, args.limit, experiment_of)
-    print_grid(grid, estimate_hours(grid, experiment_of), smoke)
+    from tgp.bench import default_path
+
+    bench_path = Path(args.bench) if args.bench else default_path(current_device())
+    bench = load_bench(bench_path)
+    hours, used = estimate_hours(grid, experiment_of, bench)
+    print_grid(grid, hours, smoke, used, bench, bench_path)
     if args.dry_run:
         return 0
 

@@ -1,136 +1,196 @@
-"""Benchmarks (``make bench``): ratios measured side by side in one process.
+"""Benchmarks (``make bench``): what a recipe costs on this device, measured, with ratios from one run.
 
-1. A masked retraining step (forward, backward, the :class:`~tgp.pruning.MaskEnforcer`'s
-   gradient mask and post-step weight re-mask) over a dense step of the same model and batch.
-   Steps are interleaved (dense, masked, dense, ...) so drift in clock or temperature hits both.
-   Goal: ≤ 1.05×.
-2. The prune stage's work (teacher-guided scores over ``score_batches`` batches + the global
-   threshold) over ``score_batches`` dense training steps.
-3. Training-data throughput (augmented CIFAR-shaped batches delivered on the device, img/s):
-   the ``torch`` path (DataLoader workers, PIL crop/flip/normalize per image, host→device copy)
-   against the ``device`` path (:class:`tgp.data.device_loader.DeviceLoader`).
+For each recipe (an experiment file: dataset, student, teacher, batch, precision, data path) it
+times, on the current device (see :mod:`tgp.bench.steps` for how each is taken):
 
-``python -m tgp.bench [--model resnet18 --width 64 --batch 128 --image 32 --steps 20]``;
-defaults depend on the device (small on CPU). ``--out FILE`` also writes the numbers as JSON.
+=================  =======================================================================
+model              the student's forward + backward + SGD step on a resident batch (the ceiling)
+dense / kd         the dense CE step / the KD-pretraining step (teacher forward + α·CA-KLD + (1−α)·CE)
+masked / masked_kd the sparse retraining step (MaskEnforcer) without / with KD
+teacher            the teacher stage's CE step
+eval               the forward of validation and test (student, teacher)
+data               the recipe's training data path alone, images delivered on the device
+epoch              one whole epoch through Lightning (data path + validation), after a warm one
+prune              the prune stage's teacher-guided scores + the global threshold
+=================  =======================================================================
+
+Ratios: ``epoch / model`` (images/s of a whole epoch over the model alone; goal ≥ 0.85 on a GPU)
+and ``masked / dense`` step (goal ≤ 1.05). From these it derives each stage's seconds per epoch
+at the recipe's full dataset size, which ``experiments/reproduce_table2.py`` reads instead of
+assumed figures. Results are merged into ``outputs/bench/<device>.json`` (one file per device
+name, one entry per recipe and mode; ``--out`` elsewhere).
+
+    python -m tgp.bench                                   # the Table 2 recipes, eager (+ compiled on a GPU)
+    python -m tgp.bench --recipes cifar10_resnet18 --batch 512 --compile both
+    python -m tgp.bench --recipes smoke --steps 2         # seconds, on the bundled digits recipe
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import statistics
-import time
+import datetime as dt
+import logging
+import os
+import re
+import shlex
+import sys
+import warnings
+from pathlib import Path
 
 import torch
-from torch import nn
 
-from tgp.distill import DistillationLoss
-from tgp.models import build_model
-from tgp.bench.data import loader_throughput
-from tgp.pruning import MaskEnforcer, global_threshold, gradient_scores, magnitude_scores, prunable_parameters
+from tgp.bench.recipes import TABLE2_RECIPES, Recipe, load_recipe
+from tgp.bench.steps import STEP_KINDS, Bench, median_of
+from tgp.io import atomic_save_json, read_json
+
+GOAL_EPOCH_OVER_MODEL = 0.85  # on a GPU
+GOAL_MASKED_OVER_DENSE = 1.05
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def default_path(device_label: str, root: str | Path = "outputs") -> Path:
+    """``outputs/bench/<device>.json``: the file ``reproduce_table2.py`` looks for on this device."""
+    return Path(root) / "bench" / (re.sub(r"[^a-z0-9]+", "_", device_label.lower()).strip("_") + ".json")
+
+
+def measure(recipe: Recipe, device: torch.device, *, compile_mode: str | None, steps: int, warmup: int,
+            repeats: int, epoch_batches: int | None, data_images: int, log=print) -> dict:
+    """All figures of ``recipe`` on ``device`` in one mode (eager or compiled)."""
+    bench = Bench(recipe, device, compile_mode=compile_mode)
+    b = recipe.batch
+    fig: dict = {}
+    log(f"  {recipe.name} [{'compiled ' + compile_mode if compile_mode else 'eager'}]: model", end="", flush=True)
+    fig["model_step_s"] = median_of(lambda: bench.model_step_s(steps, warmup), repeats)
+    for kind in STEP_KINDS:
+        log(f", {kind}", end="", flush=True)
+        fig[f"{kind}_step_s"] = median_of(lambda: bench.step_s(kind, steps, warmup), repeats)
+    log(", eval", end="", flush=True)
+    fig["eval_img_s"] = recipe.eval_batch / median_of(lambda: bench.eval_s(bench.student, steps, warmup), repeats)
+    fig["teacher_eval_img_s"] = recipe.eval_batch / median_of(lambda: bench.eval_s(bench.teacher, steps, warmup), repeats)
+    log(", data", end="", flush=True)
+    fig["data_img_s"] = bench.data_img_s(min(data_images, recipe.n_train))
+    log(", epoch", end="", flush=True)
+    n_epoch = recipe.n_train if epoch_batches is None else min(recipe.n_train, epoch_batches * b)
+    n_val = max(recipe.eval_batch, round(n_epoch * recipe.n_val / max(recipe.n_train, 1)))
+    fig["epoch"] = bench.epoch(n_epoch, n_val)
+    log(", prune", flush=True)
+    score_batches = int(recipe.cfg.pruning.score_batches)
+    fig["prune_s"] = bench.prune_s(score_batches)
+    fig["score_batches"] = score_batches
+    return derive(recipe, fig)
+
+
+def derive(recipe: Recipe, fig: dict) -> dict:
+    """Images/s, the two ratios and each stage's seconds per epoch at the recipe's full size.
+
+    A stage's epoch is ``n_batches · (step + o) + n_val / eval`` where ``o`` is what the measured
+    epoch spent per batch beyond the dense step (data path, Lightning's loop, callbacks): the same
+    data path feeds every stage, so it is added, not scaled."""
+    b = recipe.batch
+    ep = fig["epoch"]
+    batches = ep["train_images"] / b
+    overhead = max(0.0, ep["train_s"] / batches - fig["dense_step_s"])
+    n_batches = recipe.n_train // b  # drop_last on the training loader
+    student_val = recipe.n_val / fig["eval_img_s"]
+    steps = {"teacher": "teacher", "kd_pretrain": "kd", "dense": "dense", "retrain_kd": "masked_kd", "retrain_ce": "masked"}
+    fig["stage_epoch_s"] = {
+        stage: n_batches * (fig[f"{kind}_step_s"] + overhead)
+        + (recipe.n_val / fig["teacher_eval_img_s"] if stage == "teacher" else student_val)
+        for stage, kind in steps.items()
+    }
+    fig["test_eval_s"] = recipe.n_test / fig["eval_img_s"]
+    fig["overhead_per_batch_s"] = overhead
+    fig["model_img_s"] = b / fig["model_step_s"]
+    for kind in STEP_KINDS:
+        fig[f"{kind}_img_s"] = b / fig[f"{kind}_step_s"]
+    fig["epoch_over_model"] = ep["img_s"] / fig["model_img_s"]
+    fig["masked_over_dense"] = fig["masked_step_s"] / fig["dense_step_s"]
+    fig["masked_kd_over_kd"] = fig["masked_kd_step_s"] / fig["kd_step_s"]
+    return fig
+
+
+def recipe_header(recipe: Recipe, device: torch.device) -> dict:
+    return {
+        "dataset": recipe.dataset, "student": recipe.student, "teacher": recipe.teacher, "batch": recipe.batch,
+        "eval_batch": recipe.eval_batch, "image": recipe.image, "classes": recipe.classes,
+        "precision": recipe.precision(device), "channels_last": recipe.channels_last(device), "loader": recipe.loader,
+        "n_train": recipe.n_train, "n_val": recipe.n_val, "n_test": recipe.n_test, "sizes_from": recipe.sizes_from,
+        "compile_in_recipe": bool(recipe.cfg.get("compile", False)), "modes": {},
+    }
+
+
+def print_table(doc: dict, names: list[str]) -> None:
+    rows = []
+    for name in names:
+        entry = doc["recipes"][name]
+        for mode, f in entry["modes"].items():
+            rows.append((f"{name} b{entry['batch']}", mode, f"{f['model_img_s']:,.0f}", f"{f['dense_img_s']:,.0f}",
+                         f"{1e3 * f['masked_step_s']:.1f}/{1e3 * f['dense_step_s']:.1f} = {f['masked_over_dense']:.3f}",
+                         f"{1e3 * f['masked_kd_step_s']:.1f}/{1e3 * f['kd_step_s']:.1f} = {f['masked_kd_over_kd']:.3f}",
+                         f"{f['data_img_s']:,.0f}", f"{f['epoch']['img_s']:,.0f}", f"{f['epoch_over_model']:.2f}",
+                         f"{f['prune_s']:.2f}"))
+    head = ("recipe", "mode", "model img/s", "dense step img/s", "masked/dense ms", "masked+KD/KD ms",
+            "data img/s", "epoch img/s", "epoch/model", "prune s")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    print(f"device {doc['device']} (torch {doc['torch']})")
+    for r in [head, *rows]:
+        print("  " + "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    print(f"  goals: epoch/model >= {GOAL_EPOCH_OVER_MODEL} on a GPU, masked/dense <= {GOAL_MASKED_OVER_DENSE}")
 
 
 def main(argv=None) -> dict:
     cuda = torch.cuda.is_available()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=128 if cuda else 16)
-    ap.add_argument("--image", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=30 if cuda else 6)
-    ap.add_argument("--score-batches", type=int, default=10 if cuda else 3)
-    ap.add_argument("--sparsity", type=float, default=0.9)
+    ap = argparse.ArgumentParser(prog="python -m tgp.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", default=",".join(TABLE2_RECIPES), help="comma list of experiment names")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default: the recipe's on a GPU, 16 on a CPU)")
+    ap.add_argument("--compile", choices=("eager", "compiled", "both"), default="both" if cuda else "eager")
+    ap.add_argument("--compile-mode", default=None,
+                    help="torch.compile mode: default | reduce-overhead | max-autotune (default: the recipe's compile_mode)")
+    ap.add_argument("--steps", type=int, default=30 if cuda else 3, help="timed steps per figure")
+    ap.add_argument("--warmup", type=int, default=5 if cuda else 1)
+    ap.add_argument("--repeats", type=int, default=3 if cuda else 1, help="median over this many timings")
+    ap.add_argument("--epoch-batches", type=int, default=None if cuda else 4,
+                    help="batches of the timed epoch (default: the whole training split on a GPU, 4 on a CPU)")
+    ap.add_argument("--data-images", type=int, default=20_000 if cuda else 256)
     ap.add_argument("--device", default="cuda" if cuda else "cpu")
-    ap.add_argument("--workers", type=int, default=8 if cuda else 2, help="DataLoader workers of the torch path")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="JSON file (default: outputs/bench/<device>.json, merged)")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Hydra override for every recipe, e.g. data.loader=torch (repeatable)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext)
-
-    torch.manual_seed(0)
-    net = build_model(args.model, num_classes=args.classes, width=args.width).to(device, memory_format=fmt)
-    teacher = build_model(args.model, num_classes=args.classes, width=args.width).to(device, memory_format=fmt).eval()
-    x = torch.randn(args.batch, 3, args.image, args.image, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, args.classes, (args.batch,), device=device)
-    criterion = DistillationLoss(kd_weight=0.5, confidence="batch")
-    mask = global_threshold(magnitude_scores(prunable_parameters(net)), args.sparsity)
-    mask = {k: m.to(device) for k, m in mask.items()}
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True, foreach=True)
-
-    enforcer = MaskEnforcer()
-    enforcer.bind(net, mask)
-
-    def step(masked: bool) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        with autocast():
-            loss = nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        if masked:
-            enforcer.mask_grads_()
-        opt.step()  # the post-step hook re-masks the weights while attached
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        return time.perf_counter() - t0
-
-    for _ in range(3):  # warm-up: allocator, cudnn autotuning
-        step(False)
-    dense_t, masked_t = [], []
-    for _ in range(args.steps):
-        dense_t.append(step(False))
-        enforcer.attach([opt])
-        masked_t.append(step(True))
-        enforcer.detach()
-
-    # Prune-stage work vs the same number of dense training steps.
-    batches = [(x, y)] * args.score_batches
-
-    def loss_fn(model, xb, yb):
-        with autocast():
-            s, t = model(xb), teacher(xb)
-        return criterion(s.float(), yb, t.float())[0]
-
-    _sync(device)
-    t0 = time.perf_counter()
-    scores = gradient_scores(net, prunable_parameters(net), batches, loss_fn)
-    global_threshold(scores, args.sparsity)
-    _sync(device)
-    prune_s = time.perf_counter() - t0
-    train_s = sum(step(False) for _ in range(args.score_batches))
-
-    loader_result = loader_throughput(device, args.batch if cuda else 128, args.workers)
-
-    result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "model": args.model, "width": args.width, "batch": args.batch, "image": args.image,
-        "params": sum(p.numel() for p in net.parameters()),
-        "dense_step_ms": 1e3 * statistics.median(dense_t),
-        "masked_step_ms": 1e3 * statistics.median(masked_t),
-        "masked_over_dense": statistics.median(m / d for m, d in zip(masked_t, dense_t)),
-        "score_batches": args.score_batches,
-        "prune_stage_s": prune_s,
-        "dense_steps_s": train_s,
-        "prune_over_dense_steps": prune_s / train_s,
-        **loader_result,
-    }
-    print(f"device {result['device']}, {args.model} width {args.width} ({result['params']:,} params), "
-          f"batch {args.batch} at {args.image}px")
-    print(f"  dense step  {result['dense_step_ms']:9.1f} ms (median of {args.steps})")
-    print(f"  masked step {result['masked_step_ms']:9.1f} ms   ratio masked/dense {result['masked_over_dense']:.3f}  (goal <= 1.05)")
-    print(f"  prune stage {prune_s:9.2f} s over {args.score_batches} batches (teacher-guided score + global threshold)")
-    print(f"  {args.score_batches} dense steps {train_s:7.2f} s   ratio prune/dense {result['prune_over_dense_steps']:.2f}")
-    print(f"  data: torch path ({args.workers} workers) {loader_result['torch_loader_img_s']:,.0f} img/s, "
-          f"device path {loader_result['device_loader_img_s']:,.0f} img/s "
-          f"({loader_result['device_over_torch_loader']:.1f}x)")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    names = [n for n in args.recipes.split(",") if n]
+    batch = args.batch or (None if device.type == "cuda" else 16)
+    label = device_name(device)
+    out = Path(args.out) if args.out else default_path(label)
+    doc = read_json(out) if out.is_file() else {}
+    if doc.get("device") not in (None, label):
+        doc = {}  # another device's figures are not merged with these
+    doc.update({"schema": 1, "device": label, "device_type": device.type, "torch": torch.__version__,
+                "cpu_cores": os.cpu_count()})
+    doc.setdefault("recipes", {})
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    modes = {"eager": [None], "compiled": ["c"], "both": [None, "c"]}[args.compile]
+    print(f"tgp bench on {label}: {', '.join(names)}", flush=True)
+    for name in names:
+        recipe = load_recipe(name, batch=batch, overrides=args.override)
+        entry = recipe_header(recipe, device)
+        entry["measured"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        entry["command"] = shlex.join([sys.executable, "-m", "tgp.bench", *(argv if argv is not None else sys.argv[1:])])
+        for mode in modes:
+            cmode = None
+            if mode:
+                cmode = args.compile_mode or str(recipe.cfg.get("compile_mode", None) or "default")
+            fig = measure(recipe, device, compile_mode=cmode, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+                          epoch_batches=args.epoch_batches, data_images=args.data_images)
+            entry["modes"]["compiled" if cmode else "eager"] = {"compile_mode": cmode, **fig}
+        doc["recipes"][name] = entry
+        atomic_save_json(doc, out)  # after each recipe: an interrupted bench keeps what it measured
+    print_table(doc, names)
+    print(f"written: {out}")
+    return doc
