@@ -1,0 +1,219 @@
+"""``hydra/launcher=node``: a multirun's jobs side by side, one per slot, each seeing only its own
+device assignment (GPUs through CUDA_VISIBLE_DEVICES, or CPU cores).
+
+* the slot plan (pure): GPU groups, K jobs per GPU, the launcher's own CUDA_VISIBLE_DEVICES, core
+  shares, and the settings it refuses;
+* the real launcher on a tiny Hydra app (no tgp pipeline, seconds): at most K jobs at once, distinct
+  assignments for jobs that overlap, failures reported without stopping the others, SIGTERM and a
+  killed launcher leaving no job behind;
+* ``tgp-run`` refusing launcher settings that cannot work (exit 2, one paragraph);
+* (slow) a 4-job tgp smoke sweep two at a time on the CPU: every job finished, at most two ran at
+  once, overlapping jobs saw different cores, the shared teacher was computed once while the other
+  job waited (visible in its run.log and in the launcher's output), and a re-run skips every job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from hydra_plugins.tgp_launcher.slots import Slot, SlotError, plan_slots, ranges
+
+ROOT = Path(__file__).resolve().parents[1]
+CORES = sorted(os.sched_getaffinity(0))
+
+
+# -- the slot plan ---------------------------------------------------------------------------------
+def test_one_job_per_gpu_by_default():
+    slots = plan_slots("auto", gpus=["0", "1", "2", "3"], cores=list(range(16)))
+    assert [s.gpus for s in slots] == [("0",), ("1",), ("2",), ("3",)]
+    assert [s.cpus for s in slots] == [tuple(range(4 * k, 4 * k + 4)) for k in range(4)]  # disjoint core shares
+    assert slots[2].env() == {"TGP_LAUNCHER_SLOT": "2", "CUDA_VISIBLE_DEVICES": "2", "OMP_NUM_THREADS": "4",
+                              "MKL_NUM_THREADS": "4"}
+
+
+def test_gpu_groups_and_jobs_per_gpu():
+    slots = plan_slots("auto", gpus_per_job=2, jobs_per_gpu=2, gpus=["0", "1", "2", "3", "4"], cores=[0, 1, 2, 3])
+    # GPU 4 is left over (no pair); the first two slots spread over both pairs before any pair gets a second job
+    assert [s.gpus for s in slots] == [("0", "1"), ("2", "3"), ("0", "1"), ("2", "3")]
+    assert [s.cpus for s in slots] == [(0,), (1,), (2,), (3,)]
+    assert slots[0].env()["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_gpu_numbers_are_the_launchers_own():
+    # the launcher runs under CUDA_VISIBLE_DEVICES=4,5,6,7: its GPU 1 is physical GPU 5
+    slots = plan_slots([1, 3], gpus=["4", "5", "6", "7"], cores=[0], pin_cpus=False)
+    assert [s.env()["CUDA_VISIBLE_DEVICES"] for s in slots] == ["5", "7"]
+    assert all(s.cpus == () and "OMP_NUM_THREADS" not in s.env() for s in slots)
+
+
+def test_cpu_slots():
+    slots = plan_slots("auto", gpus=[], cores=[0, 1, 2, 3, 4])  # no GPU: one job per core
+    assert [s.cpus for s in slots] == [(0,), (1,), (2,), (3,), (4,)] and all(s.gpus is None for s in slots)
+    assert slots[0].env()["CUDA_VISIBLE_DEVICES"] == ""  # CUDA hidden from CPU jobs
+    two = plan_slots("cpu", cpu_jobs=2, gpus=["0"], cores=[0, 1, 2, 3, 4])
+    assert [s.cpus for s in two] == [(0, 1, 2), (3, 4)]
+    assert [s.cpus for s in plan_slots("cpu", cpu_jobs=3, gpus=[], cores=[0, 1])] == [(0,), (1,), (0,)]
+    assert two[1].describe() == "slot 1: no GPU, cores 3-4" and ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+@pytest.mark.parametrize("settings, gpus, setting", [
+    (dict(devices="auto", gpus_per_job=3), ["0", "1"], "hydra.launcher.gpus_per_job"),
+    (dict(devices=[0, 2]), ["0", "1"], "hydra.launcher.devices"),
+    (dict(devices=[0, 1]), [], "hydra.launcher.devices"),
+    (dict(devices=[0, 0]), ["0", "1"], "hydra.launcher.devices"),
+    (dict(devices="gpu"), ["0"], "hydra.launcher.devices"),
+    (dict(devices="auto", jobs_per_gpu=0), ["0"], "hydra.launcher.jobs_per_gpu"),
+    (dict(devices="cpu", cpu_jobs=0), [], "hydra.launcher.cpu_jobs"),
+    (dict(devices="auto", gpus_per_job=2), [], "hydra.launcher.gpus_per_job"),  # no GPU here to give out
+])
+def test_impossible_slot_settings_are_refused(settings, gpus, setting):
+    with pytest.raises(SlotError) as e:
+        plan_slots(**settings, gpus=gpus, cores=[0, 1])
+    assert e.value.setting == setting and "Fix:" in str(e.value)
+
+
+# -- the real launcher on a tiny Hydra app -------------------------------------------------------------
+APP = '''
+import json, os, sys, time
+from pathlib import Path
+import hydra
+
+@hydra.main(version_base="1.3", config_path=".", config_name="app")
+def main(cfg):
+    started = time.time()
+    out = Path(cfg.out)
+    (out / f"{cfg.job}.pid").write_text(str(os.getpid()))
+    print(f"job {cfg.job} starts", flush=True)
+    time.sleep(cfg.sleep)
+    if cfg.job == cfg.raise_job:
+        raise ValueError(f"job {cfg.job} raised on purpose")
+    if cfg.job == cfg.exit_job:
+        os._exit(3)
+    (out / f"{cfg.job}.json").write_text(json.dumps({
+        "job": cfg.job, "slot": os.environ.get("TGP_LAUNCHER_SLOT"),
+        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "cpus": sorted(os.sched_getaffinity(0)),
+        "threads": os.environ.get("OMP_NUM_THREADS"), "start": started, "end": time.time()}))
+    return cfg.job
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+@pytest.fixture
+def app(tmp_path) -> Path:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "app.yaml").write_text(
+        "defaults:\n  - _self_\n  - override hydra/launcher: node\n"
+        f"hydra:\n  searchpath: ['file://{ROOT / 'tgp' / 'conf'}']\n  sweep:\n    dir: {tmp_path / 'sweep'}\n"
+        f"job: 0\nsleep: 1.0\nraise_job: -1\nexit_job: -1\nout: {tmp_path / 'out'}\n")
+    return tmp_path
+
+
+def start_app(app: Path, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    return subprocess.Popen([sys.executable, str(app / "app.py"), "-m", *args], cwd=app, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_app(app: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = start_app(app, *args)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def records(app: Path) -> list[dict]:
+    return sorted((json.loads(p.read_text()) for p in (app / "out").glob("*.json")), key=lambda r: r["job"])
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])  # an end before a start
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def overlapping_pairs(rows: list[dict], start="start", end="end") -> list[tuple[dict, dict]]:
+    return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:] if a[start] < b[end] and b[start] < a[end]]
+
+
+@pytest.mark.skipif(len(CORES) < 2, reason="needs 2 cores to give 2 jobs distinct ones")
+def test_launcher_runs_k_jobs_at_a_time_each_in_its_own_slot(app):
+    proc = run_app(app, "hydra.launcher.cpu_jobs=2", "job=0,1,2,3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = records(app)
+    assert [r["job"] for r in rows] == [0, 1, 2, 3]
+    assert most_at_once([(r["start"], r["end"]) for r in rows]) == 2
+    pairs = overlapping_pairs(rows)
+    assert pairs, "no two jobs ran at the same time"
+    for a, b in pairs:  # jobs running together had distinct device assignments
+        assert a["slot"] != b["slot"] and not set(a["cpus"]) & set(b["cpus"])
+    share = len(CORES) // 2
+    assert {tuple(r["cpus"]) for r in rows} == {tuple(CORES[:share]), tuple(CORES[share:2 * share])}
+    assert all(r["cuda"] == "" and r["threads"] == str(share) for r in rows)  # CPU jobs: CUDA hidden
+    log = proc.stderr + proc.stdout
+    for job in range(4):  # one line per job start and end, and the job's own output relayed with its slot
+        assert f"#{job} started in slot" in log and f"#{job} finished in" in log
+        assert f"[#{job} slot " in proc.stdout and f"job {job} starts" in proc.stdout
+    assert "Job completed successfully" not in proc.stdout + proc.stderr  # submitit's chatter is not relayed
+    assert "at most 2 at a time" in log
+
+
+def test_failed_jobs_are_reported_and_the_others_run(app):
+    proc = run_app(app, "hydra.launcher.cpu_jobs=2", "job=0,1,2,3", "sleep=0.2", "raise_job=1", "exit_job=2")
+    assert proc.returncode == 1  # Hydra reports the first failed job once every job has ended
+    assert [r["job"] for r in records(app)] == [0, 3]
+    log = proc.stderr + proc.stdout
+    assert "#1 failed after" in log and "ValueError('job 1 raised on purpose')" in log
+    assert "#2 failed after" in log and "ended without a result (killed, or it exited)" in log
+    assert "#0 finished in" in log and "#3 finished in" in log
+    assert "Error executing job with overrides: ['job=1'" in proc.stderr
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped (its parent reaps it)
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_stopping_the_launcher_stops_its_jobs(app, how):
+    proc = start_app(app, "hydra.launcher.cpu_jobs=2", "job=0,1,2", "sleep=120")
+    try:
+        assert wait_for(lambda: len(list((app / "out").glob("*.pid"))) == 2, 60), proc.stderr
+        pids = [int(p.read_text()) for p in (app / "out").glob("*.pid")]
+        assert all(alive(p) for p in pids)
+        proc.send_signal(getattr(signal, how))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert wait_for(lambda: not any(alive(p) for p in pids), 15), [p for p in pids if alive(p)]
+    assert not (app / "out" / "2.pid").exists()  # the third job never started
+    if how != "SIGKILL":  # the launcher said what it did and exited as the signal asks
+        log = out + err
+        assert "stopping 2 running jobs (#0, #1)" in log and "Re-run the same command" in log
+        assert proc.returncode == (128 + signal.SIGTERM if how == "SIGTERM" else -signal.SIGINT)
