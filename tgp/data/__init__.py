@@ -1,16 +1,34 @@
-"""LightningDataModules for the datasets used in the experiments."""
+"""LightningDataModules for the datasets used in the experiments.
 
-from tgp.data.base import ImageClassificationDataModule
-from tgp.data.cifar import CIFAR10DataModule, CIFAR100DataModule
-from tgp.data.digits import DigitsDataModule
-from tgp.data.synthetic import SyntheticDataModule
-from tgp.data.tiny_imagenet import TinyImageNetDataModule
+The classes are imported on first use (PEP 562), so that light submodules such as
+:mod:`tgp.data.image_cache` and :mod:`tgp.data.fake_trees` can be used — in a cache-building
+process, in a benchmark's helper — without importing torch and Lightning (seconds per process).
+``from tgp.data import X`` and Hydra's ``_target_: tgp.data.X`` work as before.
+"""
 
-__all__ = [
-    "ImageClassificationDataModule",
-    "CIFAR10DataModule",
-    "CIFAR100DataModule",
-    "TinyImageNetDataModule",
-    "DigitsDataModule",
-    "SyntheticDataModule",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "ImageClassificationDataModule": "tgp.data.base",
+    "CIFAR10DataModule": "tgp.data.cifar",
+    "CIFAR100DataModule": "tgp.data.cifar",
+    "TinyImageNetDataModule": "tgp.data.tiny_imagenet",
+    "DigitsDataModule": "tgp.data.digits",
+    "SyntheticDataModule": "tgp.data.synthetic",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
