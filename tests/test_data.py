@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.fake_data import write_fake_cifar, write_fake_tiny_imagenet
+from helpers.fake_data import write_fake_cifar
 
 from tgp.data import (
     CIFAR10DataModule,
@@ -19,6 +19,7 @@ from tgp.data import (
     SyntheticDataModule,
     TinyImageNetDataModule,
 )
+from tgp.data.fake_trees import write_fake_tiny_imagenet
 from tgp.errors import ConfigError, DataNotFoundError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "tgp" / "conf" / "data"
@@ -113,11 +114,11 @@ def test_missing_data_message(tmp_path, cls, expected_dir, hint):
 
 
 # ------------------------------------------------------------------ Tiny ImageNet
-@pytest.mark.parametrize("point_at_folder", [False, True])
-def test_tiny_imagenet_tree_loads(tmp_path, point_at_folder):
-    info = write_fake_tiny_imagenet(tmp_path, n_classes=3, n_train_per_class=4, n_val=6)
+@pytest.mark.parametrize("point_at_folder,cache", [(False, True), (True, True), (False, False)])
+def test_tiny_imagenet_tree_loads(tmp_path, point_at_folder, cache):
+    info = write_fake_tiny_imagenet(tmp_path, classes=3, per_class=4, val_per_class=2)
     root = info["folder"] if point_at_folder else str(tmp_path)
-    dm = TinyImageNetDataModule(root=root, batch_size=4, val_size=2)
+    dm = TinyImageNetDataModule(root=root, batch_size=4, val_size=2, cache=cache)
     assert (dm.num_classes, dm.in_channels, dm.image_size) == (200, 3, 64)
     dm.setup()
     assert (len(dm.data_train), len(dm.data_val), len(dm.data_test)) == (10, 2, 6)  # test/ ignored
@@ -138,12 +139,15 @@ def test_tiny_imagenet_tree_loads(tmp_path, point_at_folder):
     img, _ = raw[gray[0]]
     assert img.mode == "RGB"
     assert dm.eval_transform()(img).shape == (3, 64, 64)
+    # So does the RGBA PNG.
+    png = [i for i, (p, _) in enumerate(raw.samples) if p == info["png"][0]]
+    assert len(png) == 1 and raw[png[0]][0].mode == "RGB"
     # Every class folder read, class index = position in sorted(wnids).
     assert sorted({label for _, label in raw.samples}) == [0, 1, 2]
 
 
 def test_tiny_imagenet_missing_annotation(tmp_path):
-    info = write_fake_tiny_imagenet(tmp_path, n_classes=2, n_train_per_class=2, n_val=2)
+    info = write_fake_tiny_imagenet(tmp_path, classes=2, per_class=2, val_per_class=1)
     os.remove(os.path.join(info["folder"], "val", "val_annotations.txt"))
     with pytest.raises(DataNotFoundError, match="val_annotations.txt"):
         TinyImageNetDataModule(root=str(tmp_path), val_size=1).setup()

@@ -18,7 +18,11 @@ EXCLUDED_NODES = ("hydra", "paths", "logger", "progress_bar", "channels_last", "
                   "tags", "extras")
 # Keys inside nodes that change where or how fast a run goes, never what it computes.
 INFRA_KEYS = {
-    "data": ("root", "num_workers", "pin_memory", "persistent_workers", "download", "eval_batch_size"),
+    # data.cache / data.cache_dir: where decoded pixels are read from (the same pixels, the same
+    # transforms and draws; tests/test_tiny_imagenet_cache.py checks batches are equal). Not
+    # data.loader: the device path draws its crops and order from other generators than the torch path.
+    "data": ("root", "num_workers", "pin_memory", "persistent_workers", "download", "eval_batch_size", "cache",
+             "cache_dir"),
     "trainer": ("accelerator", "devices", "strategy", "num_nodes", "enable_progress_bar", "enable_model_summary",
                 "log_every_n_steps", "benchmark", "sync_batchnorm", "profiler"),
     # What a stage logs and shows, not what it trains (best-checkpoint and early-stopping settings do count).

@@ -1,19 +1,29 @@
 """Tiny ImageNet (200 classes, 64x64) read from the official ``tiny-imagenet-200`` folder.
 
 The labelled ``val`` split is used as the test split; the unlabelled ``test/`` folder is ignored.
+
+With ``data.cache=true`` (the config's default) the JPEGs are decoded once into a ``uint8`` array
+file (:mod:`tgp.data.image_cache`) beside the data (``<tiny-imagenet-200>/.tgp_cache/``) or under
+``data.cache_dir``; both data paths then read pixels from it: ``data.loader=torch`` hands the same
+PIL images to the same transforms (results identical to ``cache=false``, only faster) and
+``data.loader=device`` serves the splits from the training device.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Callable
 
+import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from tgp.data.base import ImageClassificationDataModule
+from tgp.data.image_cache import CachedImages, ensure_cache
 from tgp.data.transforms import pil_eval_transform, pil_train_transform
-from tgp.errors import DataNotFoundError
+from tgp.errors import ConfigError, DataNotFoundError
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 FOLDER = "tiny-imagenet-200"
@@ -51,6 +61,40 @@ class TinyImageNetDataModule(ImageClassificationDataModule):
     image_size = 64
     mean = (0.4802, 0.4481, 0.3975)
     std = (0.2302, 0.2265, 0.2262)
+
+    def __init__(self, *args, cache: bool = True, cache_dir: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(cache, bool):
+            raise ConfigError("data.cache", cache, "must be true or false.",
+                              "set data.cache=true (decode the JPEGs once into a uint8 array file) or false.")
+        if cache_dir is not None and not (isinstance(cache_dir, str) and cache_dir.strip()):
+            raise ConfigError("data.cache_dir", cache_dir, "must be a folder path or null.",
+                              "set data.cache_dir to a writable folder, or null to keep the cache next to the data.")
+        if self.loader == "device" and not cache:
+            raise ConfigError("data.loader", self.loader, "the device path serves the decoded uint8 cache, and "
+                              "data.cache=false turns the cache off.",
+                              "set data.cache=true (the JPEGs are decoded once, then read from the array file), "
+                              "or data.loader=torch to read the JPEG files in DataLoader workers.")
+        self.cache, self.cache_dir = cache, cache_dir
+        self.cache_builds: dict[str, float] = {}  # split -> seconds, for the caches this module built
+
+    def cache_folders(self) -> list[str]:
+        """Where the decoded cache may live, in order: ``data.cache_dir`` when set (only there: the
+        user chose it); else beside the data, then the user's cache folder (a read-only data copy)."""
+        tag = f"{self.name}-{hashlib.sha1(self.data_path.encode()).hexdigest()[:10]}"
+        if self.cache_dir is not None:
+            return [os.path.join(os.path.abspath(os.path.expanduser(self.cache_dir)), tag)]
+        user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return [os.path.join(self.data_path, ".tgp_cache"), os.path.join(user, "tgp", tag)]
+
+    def _cached(self, samples: list[tuple[str, int]], name: str) -> CachedImages:
+        workers = min(self.num_workers, os.cpu_count() or 1)
+        result = ensure_cache(samples, self.data_path, name, self.cache_folders(), size=(self.image_size,) * 2,
+                              dataset=self.name, workers=workers, setting="data.cache_dir",
+                              setting_value=self.cache_dir)
+        if result.built:
+            self.cache_builds[name] = result.seconds
+        return CachedImages(result.path, samples)
 
     @property
     def data_path(self) -> str:
@@ -115,7 +159,17 @@ class TinyImageNetDataModule(ImageClassificationDataModule):
         missing = [p for p, _ in test_samples if not os.path.isfile(p)]
         if missing:
             raise self._error(f"{len(missing)} validation images listed in {ann_file} are missing, e.g. {missing[0]}")
+        if self.cache:
+            return self._cached(train_samples, "train"), self._cached(test_samples, "val")
         return ImageListDataset(train_samples), ImageListDataset(test_samples)
+
+    def _uint8_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of the decoded cache (a copy of the split's rows, read from the memory map)."""
+        idx = self._split_indices(split)
+        source = self.data_test.dataset if split == "test" else self.data_train.dataset
+        if not isinstance(source, CachedImages):  # __init__ refuses loader=device without the cache
+            raise RuntimeError("the device path needs the decoded cache (data.cache=true)")
+        return torch.from_numpy(source.array[idx]), torch.as_tensor(np.asarray(source.targets)[idx], dtype=torch.long)
 
     def train_transform(self) -> Callable:
         return pil_train_transform(64, self.mean, self.std, padding=4)
