@@ -96,3 +96,25 @@ def test_gpu_path_bf16_channels_last(cifar):
     x, _ = next(iter(dm.train_dataloader()))
     assert x.is_cuda and x.is_contiguous(memory_format=torch.channels_last)
     assert trainer.global_step == 100 // 16
+
+
+def test_augmentation_is_the_drawn_crop_then_flip_of_each_image():
+    """Recompute every augmented batch independently (slice the zero-padded image at the drawn
+    offset, then flip it if drawn) from the loader's documented draws: same seed, same order."""
+    imgs = torch.randint(0, 256, (30, 8, 6, 3), dtype=torch.uint8)
+    loader = DeviceLoader(imgs, torch.arange(30), batch_size=7, mean=(0, 0, 0), std=(1, 1, 1), shuffle=True,
+                          augment=True, padding=2, seed=5)
+    for epoch in range(2):
+        batches = list(loader)
+        order = loader._indices(epoch)
+        gen = torch.Generator().manual_seed(5 * 100_003 + epoch + 1)
+        for k, (x, y) in enumerate(batches):
+            idx = order[k * 7:(k + 1) * 7]
+            b = len(idx)
+            oy, ox = torch.randint(0, 5, (b,), generator=gen), torch.randint(0, 5, (b,), generator=gen)
+            flip = torch.rand(b, generator=gen) < 0.5
+            padded = F.pad(imgs[idx].permute(0, 3, 1, 2), (2, 2, 2, 2))
+            crops = [padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 6] for i in range(b)]
+            expected = torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip)])
+            assert torch.equal(y, idx) and x.shape == (b, 3, 8, 6) and x.is_contiguous()
+            assert torch.equal(torch.round(x * 255).to(torch.uint8), expected)
