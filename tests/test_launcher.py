@@ -217,3 +217,117 @@ def test_stopping_the_launcher_stops_its_jobs(app, how):
         log = out + err
         assert "stopping 2 running jobs (#0, #1)" in log and "Re-run the same command" in log
         assert proc.returncode == (128 + signal.SIGTERM if how == "SIGTERM" else -signal.SIGINT)
+
+
+# -- tgp-run refuses launcher settings that cannot work ----------------------------------------------------
+def test_a_gpu_that_does_not_exist_is_one_paragraph_and_exit_2(tmp_path):
+    import torch
+
+    n = torch.cuda.device_count()
+    cmd = [sys.executable, "-m", "tgp.run", "-m", "experiment=smoke", "hydra/launcher=node", "pruning.sparsity=0.5,0.9",
+           f"hydra.launcher.devices=[{n}]", f"paths.log_dir={tmp_path / 'logs'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"tgp: error: hydra.launcher.devices=[{n}]: GPU {n} does not exist")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Fix: " in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "logs").exists()  # refused before Hydra created anything
+
+
+def node_cfg(*overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tgp.naming import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "tgp" / "conf"), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", "hydra/launcher=node", *overrides],
+                       return_hydra_config=True)
+
+
+@pytest.mark.parametrize("overrides, setting", [
+    (["trainer=gpu"], None),                                                    # one GPU a job
+    (["trainer=ddp", "hydra.launcher.gpus_per_job=2"], None),                   # DDP over each job's 2 GPUs
+    (["trainer=gpu", "hydra.launcher.jobs_per_gpu=3"], None),
+    (["trainer=cpu"], "trainer.accelerator"),                                   # the GPUs would idle
+    (["trainer=ddp"], "trainer"),                                               # DDP over a single GPU
+    (["trainer=gpu", "hydra.launcher.gpus_per_job=2"], "trainer.devices"),      # one of the job's 2 GPUs idle
+    (["trainer=gpu", "trainer.devices=2"], "trainer.devices"),                  # the job sees 1
+    (["trainer=gpu", "hydra.launcher.gpus_per_job=8"], "hydra.launcher.gpus_per_job"),
+    (["trainer=gpu", "hydra.launcher.devices=[1,4]"], "hydra.launcher.devices"),
+    (["trainer=gpu", "hydra.launcher.devices=cpu"], "trainer.accelerator"),
+    (["trainer=cpu", "hydra.launcher.devices=cpu", "hydra.launcher.cpu_jobs=0"], "hydra.launcher.cpu_jobs"),
+    (["trainer=ddp_sim", "hydra.launcher.devices=cpu"], None),                  # 2 gloo processes in each CPU job
+])
+def test_launcher_and_trainer_settings_on_a_4_gpu_machine(overrides, setting):
+    from tgp.errors import ConfigError
+    from tgp.precheck import check_node_launcher
+
+    cfg = node_cfg(*overrides)
+    if setting is None:
+        check_node_launcher(cfg, gpus=["0", "1", "2", "3"])
+        return
+    with pytest.raises(ConfigError) as e:
+        check_node_launcher(cfg, gpus=["0", "1", "2", "3"])
+    assert e.value.setting == setting and "Fix:" in str(e.value)
+
+
+# -- (slow) a tgp sweep two at a time on the CPU --------------------------------------------------------------
+SWEEP = ["-m", "experiment=smoke", "name=node", "hydra/launcher=node", "hydra.launcher.cpu_jobs=2",
+         "teacher.epochs=20",  # a teacher that takes a few seconds: the second job arrives while it is computed
+         "pruning.sparsity=0.5,0.6,0.7,0.8", "progress_bar=false"]
+
+
+def tgp_sweep(tmp: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tgp.run", *SWEEP, f"paths.log_dir={tmp}", f"paths.stage_store={tmp / 'stages'}"]
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**env, "WANDB_MODE": "offline"})
+
+
+@pytest.fixture(scope="module")
+def node_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("node_sweep")
+    proc = tgp_sweep(tmp)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    jobs = sorted(p for p in (tmp / "sweeps" / "node").iterdir() if p.is_dir() and not p.name.startswith("."))
+    return tmp, proc, jobs
+
+
+@pytest.mark.slow  # 4 smoke jobs, 2 at a time on 2 cores (~45 s), and the re-run (~30 s)
+@pytest.mark.skipif(len(CORES) < 2, reason="needs 2 cores to give 2 jobs distinct ones")
+def test_tgp_sweep_two_at_a_time_each_job_on_its_own_core(node_sweep):
+    tmp, proc, jobs = node_sweep
+    rows = [json.loads((j / "metrics.json").read_text()) for j in jobs]
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert sorted(r["target_sparsity"] for r in rows) == [0.5, 0.6, 0.7, 0.8]
+    for r in rows:  # each job recorded when it ran and what it saw
+        r["start"], r["end"] = (datetime.fromisoformat(r[k]).timestamp() for k in ("job_started", "job_finished"))
+        assert r["visible_devices"] == "" and r["torch_threads"] == 1 and len(r["cpu_affinity"]) == 1
+    assert most_at_once([(r["start"], r["end"]) for r in rows]) == 2
+    pairs = overlapping_pairs(rows)
+    assert len(pairs) >= 2  # the first two and the last two at least
+    for a, b in pairs:
+        assert a["launcher_slot"] != b["launcher_slot"] and a["cpu_affinity"] != b["cpu_affinity"]
+    # the shared teacher and KD student were computed once: by one job, the other three reused them
+    assert sum("teacher" not in r["stages_skipped"] for r in rows) == 1
+    assert sum("kd_pretrain" not in r["stages_skipped"] for r in rows) == 1
+    # the job that arrived while the teacher was being computed waited on its lock, and said so in its own
+    # run.log and in the launcher's output (relayed with its job number and slot)
+    waited = [j for j in jobs if "stage teacher: waiting for another job" in (j / "run.log").read_text()]
+    assert len(waited) == 1
+    lines = [line for line in proc.stdout.splitlines() if "stage teacher: waiting for another job" in line]
+    assert len(lines) == 1 and lines[0].startswith("[#") and " slot " in lines[0].split("]")[0]
+    assert (waited[0] / "run.log").read_text().count("stage teacher: reused after waiting") == 1
+    assert proc.stdout.count("finished in") + proc.stderr.count("finished in") == 4
+
+
+@pytest.mark.slow
+def test_rerunning_the_sweep_skips_its_finished_jobs(node_sweep):
+    tmp, _, jobs = node_sweep
+    before = {j.name: (j / "metrics.json").stat().st_mtime_ns for j in jobs}
+    proc = tgp_sweep(tmp)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (proc.stdout + proc.stderr).count("job done already") == 4
+    assert {j.name: (j / "metrics.json").stat().st_mtime_ns for j in jobs} == before

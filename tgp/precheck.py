@@ -113,7 +113,9 @@ def precheck(argv: list[str], *, cluster: bool = False) -> None:
             launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
             if multirun and cluster:
                 check_launcher(cfg, launcher)
-            if not multirun or launcher.endswith("BasicLauncher"):  # jobs run on this machine
+            if multirun and launcher.endswith("NodeLauncher"):
+                check_node_launcher(cfg)
+            if not multirun or launcher.endswith(("BasicLauncher", "NodeLauncher")):  # jobs run on this machine
                 check_device(cfg)
                 check_launch(cfg)
 
@@ -137,6 +139,72 @@ def check_launcher(cfg: DictConfig, launcher: str) -> None:
         "hydra/launcher=submitit_local to try the same submitit launch on this machine (or drop hydra/launcher to "
         "run the jobs one after another here).",
     )
+
+
+def check_node_launcher(cfg: DictConfig, gpus: list[str] | None = None) -> None:
+    """``hydra/launcher=node``: submitit installed, its slots possible on this machine (GPUs that exist,
+    ``gpus_per_job`` within them, counts of at least 1), and the trainer using what each job sees:
+    GPU slots with a GPU trainer whose ``devices`` match ``gpus_per_job`` (no DDP over a single GPU),
+    CPU slots (``devices=cpu``) with a CPU trainer. ``gpus``: the ``CUDA_VISIBLE_DEVICES`` entries of
+    the machine's GPUs (default: what this process sees)."""
+    import importlib.util
+
+    from hydra_plugins.tgp_launcher.slots import SlotError, plan_slots
+
+    if importlib.util.find_spec("submitit") is None:
+        raise ConfigError("hydra/launcher", "node", "this launcher runs each job through submitit's local executor, "
+                          "and submitit is not installed.",
+                          "install the `cluster` extra (pip install 'tgp[cluster]'), or drop hydra/launcher to run "
+                          "the jobs one after another.")
+
+    def setting(key, default):
+        value = OmegaConf.select(cfg, f"hydra.launcher.{key}", default=default)
+        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+    devices, per_job = setting("devices", "auto"), setting("gpus_per_job", 1)
+    try:
+        slots = plan_slots(devices, per_job, setting("jobs_per_gpu", 1), setting("cpu_jobs", "auto"),
+                           bool(setting("pin_cpus", True)), gpus=gpus)
+    except SlotError as e:
+        raise ConfigError(e.setting, e.value, e.problem, e.fix) from None
+    accel = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto") or "auto").lower()
+    choice = OmegaConf.select(cfg, "hydra.runtime.choices.trainer", default=None)
+    trainer = f"trainer={choice}" if choice else f"trainer.accelerator={accel}"
+    if slots[0].gpus is None:  # CPU slots
+        if devices == "cpu" and accel in ("gpu", "cuda"):
+            raise ConfigError("trainer.accelerator", accel, "hydra.launcher.devices=cpu runs the jobs side by side on "
+                              f"CPU cores with CUDA hidden from them, but {trainer} trains on a GPU.",
+                              "use trainer=cpu with devices=cpu, or hydra.launcher.devices=auto to give each job a GPU.")
+        return  # devices=auto without a GPU: check_device explains a GPU trainer
+    n_gpus = len({g for s in slots for g in s.gpus})
+    if accel == "cpu":
+        raise ConfigError("trainer.accelerator", accel, f"hydra/launcher=node gives each job {per_job} of this "
+                          f"machine's {n_gpus} GPU(s), but {trainer} trains on the CPU, so the GPUs would idle.",
+                          "use trainer=gpu (one GPU a job), or trainer=ddp with hydra.launcher.gpus_per_job=2 or "
+                          "more; to run CPU jobs side by side instead, hydra.launcher.devices=cpu.")
+    want = OmegaConf.select(cfg, "trainer.devices", default=1)
+    want = OmegaConf.to_container(want) if OmegaConf.is_config(want) else want
+    if isinstance(want, list):
+        uses = len(want) if all(isinstance(i, int) and 0 <= i < per_job for i in want) else None
+    elif str(want) in ("-1", "auto"):
+        uses = per_job
+    else:
+        uses = int(want) if str(want).isdigit() else None
+    if uses != per_job:
+        raise ConfigError("trainer.devices", want, f"each job of hydra/launcher=node sees {per_job} GPU(s) "
+                          f"(hydra.launcher.gpus_per_job={per_job}, numbered 0-{per_job - 1} inside the job), so "
+                          f"the trainer {'cannot use these devices' if uses is None or uses > per_job else 'would leave some of them idle'}.",
+                          f"set trainer.devices={per_job} (or -1: all the job's GPUs), or "
+                          f"hydra.launcher.gpus_per_job={want if isinstance(want, int) and want > 0 else 1}.")
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
+    name = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "auto")
+    if per_job == 1 and "ddp" in name.lower():
+        raise ConfigError(trainer.split("=")[0] if choice else "trainer.strategy", choice or name,
+                          "DDP inside a job runs over the GPUs that job sees, and hydra/launcher=node gives each job "
+                          "one (hydra.launcher.gpus_per_job=1): DDP over a single GPU only adds its overhead.",
+                          "use trainer=gpu with hydra/launcher=node (one job per GPU, the fastest for small models); "
+                          "or hydra.launcher.gpus_per_job=2 or more for DDP inside each job; or drop "
+                          "hydra/launcher=node to run the jobs one after another, each over every GPU with trainer=ddp.")
 
 
 def _parse_args(argv: list[str]):

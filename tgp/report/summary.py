@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -41,6 +44,8 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
         # KD in retraining needs a teacher; methods without one retrain with their own loss.
         "retrain_kd": bool(OmegaConf.select(cfg, "retrain.kd", default=False)) and spec.uses_teacher,
         "sanity": OmegaConf.select(cfg, "pruning.sanity", default=None),  # sanity-check variant; None = the method
+        # torch.compile mode of the job's fits, False = eager (not in stage keys: each result.json says its own)
+        "compile": OmegaConf.select(cfg, "compile_mode", default="default") if cfg.get("compile") else False,
         "target_sparsity": float(cfg.pruning.sparsity),
         "measured_sparsity": zeros / max(total_prunable, 1),
         "sparsity_all": (params_total - params_nonzero) / params_total,
@@ -75,7 +80,44 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
     from tgp.report.cost import job_cost_fields
 
     row.update(job_cost_fields(res, job.stages.keys, job.stages.skipped, getattr(dm, "num_train", None)))
+    row.update(placement_fields())
     return row
+
+
+def placement_fields() -> dict:
+    """Where this job ran and what it saw: ``launcher_slot`` (``hydra/launcher=node``'s slot, else None),
+    ``visible_devices`` (``CUDA_VISIBLE_DEVICES`` as the job saw it; None when unset), ``cpu_affinity``
+    (the cores it could run on), ``torch_threads``, and when its process started and this row was
+    written (``job_started``/``job_finished``, UTC ISO times; jobs run side by side overlap in them)."""
+    slot = os.environ.get("TGP_LAUNCHER_SLOT")
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = None
+    started = _process_started()
+    return {
+        "launcher_slot": int(slot) if slot and slot.isdigit() else None,
+        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cpu_affinity": cpus,
+        "torch_threads": torch.get_num_threads(),
+        "job_started": _iso(started) if started is not None else None,
+        "job_finished": _iso(time.time()),
+    }
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _process_started() -> float | None:
+    """This process's start (epoch seconds, to 10 ms) from /proc; None where there is no /proc."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat(5); the fields after "(comm)" start at field 3
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def summary_table(row: dict, run_dir: Path) -> str:
