@@ -86,6 +86,23 @@ def test_wheel_ships_the_config_tree_and_the_console_scripts(wheel_env):
     assert where.stdout.strip().startswith(str(venv)), where  # the wheel's copy, not the editable one
 
 
+def test_wheel_ships_the_node_launcher_and_hydra_finds_it(wheel_env):
+    wheel, venv = wheel_env
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"hydra_plugins/tgp_launcher/__init__.py", "hydra_plugins/tgp_launcher/node_launcher.py",
+            "hydra_plugins/tgp_launcher/slots.py", "tgp/conf/hydra/launcher/node.yaml"} <= names
+    # hydra_plugins stays a namespace package: an __init__.py would hide every other installed Hydra plugin
+    assert "hydra_plugins/__init__.py" not in names
+    code = ("from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+            "import hydra_plugins.tgp_launcher.node_launcher as m; print(m.__file__); "
+            "print(sorted(p.__name__ for p in Plugins.instance().discover(Launcher)))")
+    found = _run([venv / "bin" / "python", "-c", code], cwd=venv)
+    assert found.returncode == 0, found.stderr[-3000:]
+    where, launchers = found.stdout.strip().splitlines()
+    assert where.startswith(str(venv)), where  # the wheel's copy
+    assert "NodeLauncher" in launchers and "LocalLauncher" in launchers  # beside submitit's, not instead of them
+
+
 def test_search_path_adds_a_user_config_folder(wheel_env, tmp_path):
     _, venv = wheel_env
     (tmp_path / "my_conf" / "experiment").mkdir(parents=True)
