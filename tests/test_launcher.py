@@ -320,6 +320,9 @@ def test_tgp_sweep_two_at_a_time_each_job_on_its_own_core(node_sweep):
     lines = [line for line in proc.stdout.splitlines() if "stage teacher: waiting for another job" in line]
     assert len(lines) == 1 and lines[0].startswith("[#") and " slot " in lines[0].split("]")[0]
     assert (waited[0] / "run.log").read_text().count("stage teacher: reused after waiting") == 1
+    # ... naming the job it waited for: the one that computed the teacher
+    computed = next(j for j, r in zip(jobs, rows) if "teacher" not in r["stages_skipped"])
+    assert f"; held by job {computed.name} (pid " in lines[0]
     assert proc.stdout.count("finished in") + proc.stderr.count("finished in") == 4
 
 

@@ -124,9 +124,10 @@ def check_no_config_capture(fn: Callable, stage: str) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, on_wait: Callable[[], None] | None = None):
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None, holder: str = ""):
     """An exclusive ``flock`` on ``path``; ``on_wait()`` is called once, before blocking, when another
-    process holds it."""
+    process holds it. ``holder`` (who takes it) and the time it took it are the file's content while
+    held, for a waiter to name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
@@ -135,9 +136,15 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None = None):
             if on_wait is not None:
                 on_wait()
             fcntl.flock(f, fcntl.LOCK_EX)
+        if holder:
+            f.truncate(0)
+            f.write(f"{holder} since {datetime.now().strftime('%H:%M:%S')}")
+            f.flush()
         try:
             yield
         finally:
+            if holder:
+                f.truncate(0)  # released: a stale name must not be shown to the next waiter
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -249,9 +256,14 @@ class StageRunner:
 
         def on_wait() -> None:
             waited.append(time.perf_counter())
-            log.info("stage %s: waiting for another job that is computing it (lock %s)", name, _shown(lock))
+            try:  # the job holding the lock, when it said who it is (see file_lock)
+                held_by = lock.read_text().strip()
+            except OSError:
+                held_by = ""
+            log.info("stage %s: waiting for another job that is computing it (lock %s%s)", name, _shown(lock),
+                     f"; held by {held_by}" if held_by else "")
 
-        with file_lock(lock, on_wait):
+        with file_lock(lock, on_wait, holder=f"job {self.run_dir.name} (pid {os.getpid()})"):
             wait_note = f" after waiting {time.perf_counter() - waited[0]:.1f} s for another job" if waited else ""
             if done.exists():
                 computed = read_json(done).get("seconds")
