@@ -406,7 +406,7 @@ def test_bench_reports_the_three_paths(tmp_path):
     from tgp.bench.data import tiny_imagenet_throughput
 
     info = write_fake_tiny_imagenet(tmp_path, classes=2, per_class=40, val_per_class=2)
-    result = tiny_imagenet_throughput(info["folder"], batch=16, workers=0, device="cpu")
+    result = tiny_imagenet_throughput(info["folder"], batch=16, workers=0, device="cpu", epochs=1)
     for key in ("jpeg_loader_img_s", "cache_torch_img_s", "cache_device_img_s", "cache_build_s",
                 "cache_device_over_jpeg", "cache_torch_over_jpeg"):
         assert result[key] > 0, key
