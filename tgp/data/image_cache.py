@@ -206,11 +206,16 @@ def _build(folder: str, name: str, key: str, samples: Sequence[tuple[str, int]],
                 "dtype": "uint8", "pillow": PIL.__version__, "source": base, "created": time.time()}
     manifest_path = _manifest_path(folder, name)
     tmp_manifest = f"{manifest_path}.{os.getpid()}.tmp"
-    with open(tmp_manifest, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_manifest, manifest_path)
+    try:
+        with open(tmp_manifest, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_manifest, manifest_path)  # from here on the array is trusted
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_manifest)
+        raise
     for old in glob.glob(os.path.join(glob.escape(folder), f"{name}-*.npy")):
         if old != final:  # an earlier tree's cache; a process still reading it keeps its open inode
             with contextlib.suppress(OSError):
