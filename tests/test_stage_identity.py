@@ -24,6 +24,8 @@ NOT_RESULTS = {
     "stop_after": "where a job stops, not what a stage computes",
     "progress_bar": "console only",
     "channels_last": "memory layout (readable by every stage, excluded from keys)",
+    "compile": "torch.compile: the same functions, float rounding only (readable by every stage, excluded from keys)",
+    "compile_mode": "which torch.compile mode: float rounding and speed only (as compile)",
     "paths": "where files go",
     "logger": "where metrics go",
     "verbose": "console only",

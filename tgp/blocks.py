@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tgp.distill.losses import DistillationLoss, estimate_dataset_confidence
 from tgp.io import atomic_save_json, atomic_torch_save, read_json
 from tgp.lit import ClassifierModule
+from tgp.lit.compiled import compile_setting
 from tgp.pruning.callbacks import OneShotPruning
 from tgp.pruning.mask import Mask, apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report
 from tgp.pruning.sanity import RANDOM_VARIANTS, REINIT_SEED_OFFSET, SEED_OFFSET, layer_shuffle, random_variant_mask
@@ -74,12 +75,13 @@ def sparse_start_net(job, cfg: DictConfig, stage: str) -> torch.nn.Module:
 
 def make_module(job, net, criterion, stage: str, epochs: int, lr: float, module_cls=ClassifierModule,
                 **kw) -> ClassifierModule:
-    """A LightningModule of the running stage: its optimizer and schedule come from the stage's view."""
+    """A LightningModule of the running stage: its optimizer and schedule come from the stage's view
+    (``compile``/``compile_mode`` too: its fits compile the student's and teacher's forward, :mod:`tgp.lit.compiled`)."""
     cfg = job.cfg
     return module_cls(
         net, criterion, stage=stage, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         lr=float(lr), epochs=int(epochs), schedule=kw.pop("schedule", None) or OmegaConf.to_container(cfg.schedule),
-        channels_last=channels_last(cfg), num_classes=job.dm.num_classes, **kw,
+        channels_last=channels_last(cfg), num_classes=job.dm.num_classes, compile_mode=compile_setting(cfg), **kw,
     )
 
 

@@ -31,6 +31,9 @@ def validate_job(cfg: DictConfig, spec, dm, student) -> None:
     prunable_parameters(student, list(exclude))  # raises on a pattern that matches nothing
     check_mask(cfg, spec, student)
     check_sanity(cfg, spec)
+    from tgp.lit.compiled import check_compile
+
+    check_compile(cfg)  # compile / compile_mode, and the compiler inductor needs with compile=true
 
 
 def _source(cfg: DictConfig, path: str) -> str:

@@ -14,8 +14,10 @@ import json
 from omegaconf import DictConfig, OmegaConf
 
 # Top-level nodes that never change what a run computes.
-EXCLUDED_NODES = ("hydra", "paths", "logger", "progress_bar", "channels_last", "stop_after", "verbose", "ckpt_path",
-                  "tags", "extras")
+# compile/compile_mode: compiled kernels compute the same functions as eager ones and differ in float rounding
+# only (fused ops, other reduction orders), like channels_last; see tgp.lit.compiled.
+EXCLUDED_NODES = ("hydra", "paths", "logger", "progress_bar", "channels_last", "compile", "compile_mode", "stop_after",
+                  "verbose", "ckpt_path", "tags", "extras")
 # Keys inside nodes that change where or how fast a run goes, never what it computes.
 INFRA_KEYS = {
     # data.cache / data.cache_dir: where decoded pixels are read from (the same pixels, the same

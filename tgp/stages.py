@@ -42,8 +42,9 @@ log = logging.getLogger("tgp")
 # Nodes every stage reads: its data, how it trains (with its best-checkpoint and early-stopping
 # callbacks), the seed.
 BASE_NODES = ("data", "trainer", "callbacks", "optimizer", "schedule", "seed")
-# Settings a stage may read that never change what it computes (memory layout, ...).
-INFRA_NODES = ("channels_last",)
+# Settings a stage may read that never change what it computes (memory layout, torch.compile: float
+# rounding only, see tgp.lit.compiled); in every view, in no key.
+INFRA_NODES = ("channels_last", "compile", "compile_mode")
 
 
 KINDS: dict[str, "StageKind"] = {}  # every kind declared anywhere (the key-coverage test walks them)

@@ -98,7 +98,8 @@ class Training:
         Returns ``epochs``, ``top1_last``, ``top1_best_val``, ``val_acc_best``, and what it trained
         with: ``world_size``, ``per_rank_batch`` and ``device``; and its cost (:class:`TrainingCost`):
         ``train_examples`` (examples through the training step, all ranks and epochs),
-        ``train_flops_dense`` and ``train_flops`` (with the mask at each epoch's start). A
+        ``train_flops_dense`` and ``train_flops`` (with the mask at each epoch's start); ``compile``: the
+        ``torch.compile`` mode the fit ran with (``False``: eager; :mod:`tgp.lit.compiled`). A
         SIGTERM/SIGUSR1 raises ``SystemExit`` after the current batch (``last.ckpt`` keeps the last
         finished epoch).
         """
@@ -146,7 +147,8 @@ class Training:
             merge_attempt_metrics(logs, folder / "metrics.csv")
         net = module.net
         result = {"epochs": epochs, "world_size": int(trainer.world_size), "per_rank_batch": batch,
-                  "device": device_name(trainer), **cost.result(ckpt, epochs), "top1_last": self.evaluate(net)}
+                  "device": device_name(trainer), "compile": getattr(module, "compile_mode", None) or False,
+                  **cost.result(ckpt, epochs), "top1_last": self.evaluate(net)}
         best_path = Path(best.best_model_path) if best.best_model_path else None
         if best_path and best_path.exists():
             state = torch.load(best_path, map_location="cpu", weights_only=False)

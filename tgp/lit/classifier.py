@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from tgp.distill.losses import DistillationLoss
+from tgp.lit.compiled import compile_module, eager_call, uncompile_module
 from tgp.pruning.enforcer import MaskBuffers
 from tgp.pruning.mask import Mask, apply_mask, check_mask_fits
 
@@ -60,6 +61,14 @@ class ClassifierModule(L.LightningModule):
     * ``mask``: ``{param_name: bool}`` held as buffers (so it is in every checkpoint); the
       :class:`~tgp.pruning.MaskEnforcer` callback keeps pruned weights at zero.
     * Metrics are logged under ``<stage>/{train,val,test}/...``.
+    * ``compile_mode``: a ``torch.compile`` mode (``compile=true``) or ``None``: the student's and
+      the per-step teacher's forward are compiled while the module fits (:mod:`tgp.lit.compiled`).
+
+    **No host syncs per batch.** The steps never read a device value back (no ``.item()``,
+    ``float(t)``, ``if t:``): losses are logged as tensors with ``on_step=False`` (Lightning
+    accumulates them on the device and reduces at the epoch's end), the accuracies are torchmetrics
+    objects fed with ``update`` (no per-batch ``compute``) and ``validate_args=False`` (its checks
+    of label ranges read values back). ``tests/test_compile.py`` counts the reads.
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class ClassifierModule(L.LightningModule):
         schedule: dict | None = None,
         channels_last: bool = False,
         num_classes: int | None = None,
+        compile_mode: str | None = None,
     ):
         super().__init__()
         self.net = net
@@ -93,11 +103,13 @@ class ClassifierModule(L.LightningModule):
             net.to(memory_format=torch.channels_last)
             if teacher is not None:
                 teacher.to(memory_format=torch.channels_last)
+        self.compile_mode = compile_mode
         n = num_classes or net.fc.out_features
-        self.train_acc = MulticlassAccuracy(n, average="micro")
-        self.val_acc = MulticlassAccuracy(n, average="micro")
-        self.test_acc = MulticlassAccuracy(n, average="micro")
-        self.teacher_acc = MulticlassAccuracy(n, average="micro")
+        # validate_args=False: torchmetrics' input checks (label range via unique/any) read back to the host.
+        self.train_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
+        self.teacher_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
         self._teacher_logged = False
         self.mask_buffers: MaskBuffers | None = None
         self.mask_version = 0  # bumped on every mask change; the MaskEnforcer re-binds when it moves
@@ -141,6 +153,36 @@ class ClassifierModule(L.LightningModule):
             self.teacher.eval()  # BatchNorm statistics of the teacher never change
         return self
 
+    # -- compile=true (tgp.lit.compiled) -----------------------------------------------------------
+    def teacher_in_step(self) -> bool:
+        """Whether the training step runs the teacher (then it is compiled with the student)."""
+        return self.teacher is not None and self.criterion.kd_weight > 0
+
+    def setup(self, stage: str) -> None:
+        # Only fits are compiled: trainer.validate (the prune stage: a handful of scoring batches
+        # and one validation pass) and the test evaluation stay eager, compiling them costs more
+        # than it saves.
+        if stage == "fit" and self.compile_mode:
+            self.compile_nets(self.compile_mode)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self.compile_mode:
+            self.uncompile_nets()
+
+    def compile_nets(self, mode: str) -> None:
+        arch = getattr(self.net, "arch", type(self.net).__name__)
+        compile_module(self.net, mode, f"the student {arch}")
+        if self.teacher_in_step():
+            compile_module(self.teacher, mode, f"the teacher {getattr(self.teacher, 'arch', type(self.teacher).__name__)}")
+
+    def uncompile_nets(self) -> None:
+        uncompile_module(self.net)
+        uncompile_module(self.teacher)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.compile_mode == "reduce-overhead":  # CUDA graphs: a new iteration may overwrite last step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
+
     def on_fit_start(self) -> None:
         if getattr(self.criterion, "needs_dataset_confidence", False) and torch.isnan(self.criterion.dataset_confidence):
             raise RuntimeError("distill.confidence=dataset but the dataset confidence was never estimated")
@@ -157,11 +199,11 @@ class ClassifierModule(L.LightningModule):
         x = self._inputs(x)
         logits = self.net(x)
         teacher_logits = None
-        if self.teacher is not None and self.criterion.kd_weight > 0:
+        if self.teacher_in_step():
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
         loss, parts = self.criterion(logits, y, teacher_logits)
-        self.train_acc(logits.detach(), y)
+        self.train_acc.update(logits.detach(), y)
         self.log(f"{self.stage}/train/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True)
         for k, v in parts.items():
             self.log(f"{self.stage}/train/{k}", v, on_step=False, on_epoch=True, sync_dist=True)
@@ -172,7 +214,7 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self.net(self._inputs(x))
         loss = nn.functional.cross_entropy(logits.float(), y)
-        metric(logits, y)
+        metric.update(logits, y)
         self.log(f"{self.stage}/{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{self.stage}/{split}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
 
@@ -180,7 +222,8 @@ class ClassifierModule(L.LightningModule):
         self._eval_step(batch, self.val_acc, "val")
         if self.teacher is not None and not self._teacher_logged and not self.trainer.sanity_checking:
             x, y = batch
-            self.teacher_acc(self.teacher(self._inputs(x)), y)  # once per fit: the teacher never changes
+            # Once per fit (the teacher never changes): eager, one more compiled graph would not pay.
+            self.teacher_acc.update(eager_call(self.teacher, self._inputs(x)), y)
 
     def on_validation_epoch_end(self) -> None:
         if self.teacher is not None and not self._teacher_logged and not self.trainer.sanity_checking:

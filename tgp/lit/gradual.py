@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from tgp.distill.cross_correlation import cross_correlation_loss
 from tgp.distill.losses import DistillationLoss
 from tgp.lit.classifier import ClassifierModule
+from tgp.lit.compiled import compile_method
+
+
+def features_and_logits(net, x):
+    """``(z, fc(z))``: the penultimate features and the logits, in one call (one compiled graph)."""
+    z = net.forward_features(x)
+    return z, net.fc(z)
+
+
+def features(net, x):
+    return net.forward_features(x)
 
 
 class SelfDistilledPruningModule(ClassifierModule):
@@ -16,21 +29,34 @@ class SelfDistilledPruningModule(ClassifierModule):
                  off_diagonal_weight: float, **kw):
         super().__init__(net, criterion or DistillationLoss(kd_weight=0.0), teacher=dense, **kw)
         self.cc_weight, self.off_diagonal_weight = float(cc_weight), float(off_diagonal_weight)
+        self._student_fn = self._dense_fn = None  # compiled (features, logits) / dense features while a compiled fit runs
+
+    # The training step does not go through net.__call__ (it needs the features too): with compile=true
+    # the student's (features, logits) and the dense copy's features get graphs of their own.
+    def compile_nets(self, mode: str) -> None:
+        super().compile_nets(mode)  # net.__call__: the validation steps
+        arch = getattr(self.net, "arch", type(self.net).__name__)
+        self._student_fn = compile_method(partial(features_and_logits, self.net), mode, f"the student {arch}")
+        if self.cc_weight > 0:
+            self._dense_fn = compile_method(partial(features, self.teacher), mode, f"the dense copy of {arch}")
+
+    def uncompile_nets(self) -> None:
+        super().uncompile_nets()
+        self._student_fn = self._dense_fn = None
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         x = self._inputs(x)
-        z = self.net.forward_features(x)
-        logits = self.net.fc(z)
+        z, logits = self._student_fn(x) if self._student_fn is not None else features_and_logits(self.net, x)
         ce, _ = self.criterion(logits, y)
         loss = ce
         if self.cc_weight > 0:
             with torch.no_grad():
-                z_dense = self.teacher.forward_features(x)
+                z_dense = self._dense_fn(x) if self._dense_fn is not None else self.teacher.forward_features(x)
             cc = cross_correlation_loss(z.float(), z_dense.float(), self.off_diagonal_weight)
             loss = ce + self.cc_weight * cc
             self.log(f"{self.stage}/train/cc", cc.detach(), on_step=False, on_epoch=True, sync_dist=True)
-        self.train_acc(logits.detach(), y)
+        self.train_acc.update(logits.detach(), y)
         self.log(f"{self.stage}/train/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{self.stage}/train/ce", ce.detach(), on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{self.stage}/train/acc", self.train_acc, on_step=False, on_epoch=True)

@@ -35,6 +35,10 @@ class SelfDistillModule(ClassifierModule):
     def on_train_epoch_start(self) -> None:
         self._dlb_prev = None  # the first batch of an epoch shares nothing
 
+    def on_train_epoch_end(self) -> None:
+        if self.regime == "pskd":
+            self.log(f"{self.stage}/train/a_t", pskd_alpha(self.current_epoch, self.epochs, self.alpha_T), on_epoch=True)
+
     def training_step(self, batch, batch_idx):
         x, y, idx = batch
         x = self._inputs(x)
@@ -43,7 +47,7 @@ class SelfDistillModule(ClassifierModule):
             a_t = pskd_alpha(self.current_epoch, self.epochs, self.alpha_T)
             q = pskd_targets(y, self.pskd_prev[idx], a_t, self.n_classes, self.pskd_seen[idx])
             loss = soft_cross_entropy(logits, q)
-            parts = {"a_t": torch.tensor(a_t)}
+            parts = {}  # a_t is a Python float fixed per epoch: logged at the epoch's end, not copied to the device per step
             with torch.no_grad():
                 self.pskd_prev[idx] = F.softmax(logits.detach().float(), dim=1)
                 self.pskd_seen[idx] = True
@@ -60,7 +64,7 @@ class SelfDistillModule(ClassifierModule):
                 pair_logits = self.net(x[h:])
             y = y[:h]
             loss, parts = cskd_loss(logits, y, pair_logits, temperature=self.temperature, weight=self.cskd_weight)
-        self.train_acc(logits.detach(), y)
+        self.train_acc.update(logits.detach(), y)
         self.log(f"{self.stage}/train/loss", loss.detach(), on_step=False, on_epoch=True)
         for k, v in parts.items():
             self.log(f"{self.stage}/train/{k}", v, on_step=False, on_epoch=True)
