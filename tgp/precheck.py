@@ -191,9 +191,10 @@ def check_node_launcher(cfg: DictConfig, gpus: list[str] | None = None) -> None:
     else:
         uses = int(want) if str(want).isdigit() else None
     if uses != per_job:
+        outcome = "cannot use these devices" if uses is None or uses > per_job else "would leave some of them idle"
         raise ConfigError("trainer.devices", want, f"each job of hydra/launcher=node sees {per_job} GPU(s) "
                           f"(hydra.launcher.gpus_per_job={per_job}, numbered 0-{per_job - 1} inside the job), so "
-                          f"the trainer {'cannot use these devices' if uses is None or uses > per_job else 'would leave some of them idle'}.",
+                          f"the trainer {outcome}.",
                           f"set trainer.devices={per_job} (or -1: all the job's GPUs), or "
                           f"hydra.launcher.gpus_per_job={want if isinstance(want, int) and want > 0 else 1}.")
     strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")

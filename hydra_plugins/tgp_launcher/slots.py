@@ -137,7 +137,8 @@ def plan_slots(devices: Any = "auto", gpus_per_job: int = 1, jobs_per_gpu: int =
                             "e.g. 'hydra.launcher.devices=[0,1]', or hydra.launcher.devices=auto for every GPU.")
         if len(set(ids)) != len(ids):
             raise SlotError("hydra.launcher.devices", ids, "a GPU is listed twice; two jobs would share it without "
-                            "jobs_per_gpu saying so.", "list every GPU once; set hydra.launcher.jobs_per_gpu to share them.")
+                            "jobs_per_gpu saying so.",
+                            "list every GPU once; set hydra.launcher.jobs_per_gpu to share them.")
         missing = [i for i in ids if i < 0 or i >= len(gpus)]
         if missing:
             shown = (f"this machine shows {len(gpus)} GPU{'s' if len(gpus) != 1 else ''} (numbers 0-{len(gpus) - 1})"
