@@ -6,7 +6,6 @@ import os
 import pickle
 
 import numpy as np
-from PIL import Image
 
 
 def _pickle(obj, path: str) -> None:
@@ -66,61 +65,3 @@ def write_fake_cifar(root, n_train: int = 50, n_test: int = 20, num_classes: int
             os.path.join(folder, "meta"),
         )
     return folder
-
-
-def write_fake_tiny_imagenet(root, n_classes: int = 3, n_train_per_class: int = 4, n_val: int = 6,
-                             seed: int = 0) -> dict:
-    """Write the official ``tiny-imagenet-200`` tree with real 64x64 JPEGs.
-
-    One training image is grayscale. ``test/images/`` holds an unlabelled image that loaders must ignore.
-    Returns ``{"folder", "wnids", "val_labels"}`` where ``val_labels`` maps val file name -> wnid.
-    """
-    rng = np.random.default_rng(seed)
-    folder = os.path.join(str(root), "tiny-imagenet-200")
-    # Deliberately not in sorted order in wnids.txt: the class index is the position in sorted(wnids).
-    wnids = [f"n{rng.integers(10**7, 10**8 - 1):08d}" for _ in range(n_classes)]
-    while len(set(wnids)) < n_classes:
-        wnids = [f"n{rng.integers(10**7, 10**8 - 1):08d}" for _ in range(n_classes)]
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "wnids.txt"), "w") as f:
-        f.write("\n".join(wnids) + "\n")
-    with open(os.path.join(folder, "words.txt"), "w") as f:
-        f.writelines(f"{w}\tthing {i}\n" for i, w in enumerate(wnids))
-
-    def rgb() -> Image.Image:
-        return Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8), "RGB")
-
-    first = True
-    for w in wnids:
-        img_dir = os.path.join(folder, "train", w, "images")
-        os.makedirs(img_dir, exist_ok=True)
-        boxes = []
-        for j in range(n_train_per_class):
-            name = f"{w}_{j}.JPEG"
-            if first:  # one grayscale image, as in the real data
-                Image.fromarray(rng.integers(0, 256, size=(64, 64), dtype=np.uint8), "L").save(
-                    os.path.join(img_dir, name), "JPEG")
-                first = False
-            else:
-                rgb().save(os.path.join(img_dir, name), "JPEG")
-            boxes.append(f"{name}\t0\t0\t63\t63\n")
-        with open(os.path.join(folder, "train", w, f"{w}_boxes.txt"), "w") as f:
-            f.writelines(boxes)
-
-    val_dir = os.path.join(folder, "val", "images")
-    os.makedirs(val_dir, exist_ok=True)
-    val_labels = {}
-    lines = []
-    for j in range(n_val):
-        name = f"val_{j}.JPEG"
-        w = wnids[int(rng.integers(0, n_classes))]
-        val_labels[name] = w
-        rgb().save(os.path.join(val_dir, name), "JPEG")
-        lines.append(f"{name}\t{w}\t{rng.integers(0, 20)}\t{rng.integers(0, 20)}\t{rng.integers(40, 64)}\t{rng.integers(40, 64)}\n")
-    with open(os.path.join(folder, "val", "val_annotations.txt"), "w") as f:
-        f.writelines(lines)
-
-    test_dir = os.path.join(folder, "test", "images")
-    os.makedirs(test_dir, exist_ok=True)
-    rgb().save(os.path.join(test_dir, "test_0.JPEG"), "JPEG")
-    return {"folder": folder, "wnids": wnids, "val_labels": val_labels}

@@ -11,10 +11,18 @@ import time
 
 import torch
 
+from tgp.bench.steps import sync
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+
+def _timed_epoch(batches, device: torch.device) -> float:
+    """Images per second over one pass of ``batches``, each moved to ``device`` (the copy counts)."""
+    sync(device)
+    t0, count = time.perf_counter(), 0
+    for x, _ in batches:
+        x = x.to(device, non_blocking=True)
+        count += x.shape[0]
+    sync(device)
+    return count / (time.perf_counter() - t0)
 
 
 def loader_throughput(device: torch.device, batch: int, workers: int, n: int = 8192) -> dict:
@@ -38,21 +46,12 @@ def loader_throughput(device: torch.device, batch: int, workers: int, n: int = 8
         def __getitem__(self, i):
             return self.transform(Image.fromarray(images[i].numpy())), int(labels[i])
 
-    def rate(batches) -> float:
-        _sync(device)
-        t0, count = time.perf_counter(), 0
-        for x, y in batches:
-            x = x.to(device, non_blocking=True)
-            count += x.shape[0]
-        _sync(device)
-        return count / (time.perf_counter() - t0)
-
     torch_path = DataLoader(PILImages(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
                             pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     device_path = DeviceLoader(images, labels, batch_size=batch, mean=mean, std=std, device=device, shuffle=True,
                                drop_last=True, augment=True, channels_last=device.type == "cuda")
-    rate(device_path), rate(torch_path)  # warm-up (worker start-up, allocator)
-    torch_rate, device_rate = rate(torch_path), rate(device_path)
+    _timed_epoch(device_path, device), _timed_epoch(torch_path, device)  # warm-up (worker start-up, allocator)
+    torch_rate, device_rate = _timed_epoch(torch_path, device), _timed_epoch(device_path, device)
     return {"torch_loader_img_s": torch_rate, "device_loader_img_s": device_rate,
             "device_over_torch_loader": device_rate / torch_rate}
 
@@ -72,17 +71,6 @@ hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.starts
 print(json.dumps({"seconds": seconds, "self_kb": hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
-
-
-def _timed_epoch(batches, device: torch.device) -> float:
-    """Images per second over one pass of ``batches``, each moved to ``device`` (the copy counts)."""
-    _sync(device)
-    t0, count = time.perf_counter(), 0
-    for x, _ in batches:
-        x = x.to(device, non_blocking=True)
-        count += x.shape[0]
-    _sync(device)
-    return count / (time.perf_counter() - t0)
 
 
 def tiny_imagenet_throughput(root, batch: int = 128, workers: int = 2, device="cpu", limit: int | None = None,
@@ -155,10 +143,10 @@ def tiny_imagenet_throughput(root, batch: int = 128, workers: int = 2, device="c
             loader = dm.train_dataloader()
             measure(key, loader)
             del loader  # stops the persistent workers
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         loader = on_device._device_loader("train", device=device)  # the split copied to the device, padded once
-        _sync(device)
+        sync(device)
         result["device_loader_setup_s"] = time.perf_counter() - t0
         measure("cache_device_img_s", loader)
     result["cache_torch_over_jpeg"] = result["cache_torch_img_s"] / result["jpeg_loader_img_s"]
