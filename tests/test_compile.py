@@ -440,6 +440,8 @@ def test_resume_from_last_ckpt_with_compile_on_and_across_a_switch_to_eager(tmp_
     from test_resume import run_interrupted
 
     compiled = [*RESUME, "compile=true"]
+    for d in ("u", "a", "b"):
+        (tmp_path / d).mkdir()
     run_cli(compiled, tmp_path / "u")
     # SIGTERM in the compiled retraining after its first epoch, then the same command again: the
     # uninterrupted compiled run's weights, bit for bit (inductor's CPU kernels are deterministic).

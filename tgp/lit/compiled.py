@@ -95,6 +95,7 @@ def check_toolchain(cuda: bool) -> None:
                               "install the triton package that matches this torch build (pip install triton), "
                               "or run with compile=false.")
         return
+    _quiet_cpu_toolchain()
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
 
@@ -173,8 +174,16 @@ def compile_options(mode: str) -> dict:
     return {"mode": None if mode == "default" else mode, "dynamic": False}
 
 
+def _quiet_cpu_toolchain() -> None:
+    # Inductor imports torch.utils.cpp_extension, which warns "No CUDA runtime is found, using
+    # CUDA_HOME=..." on machines without CUDA: about building CUDA extensions, nothing tgp does.
+    if not torch.cuda.is_available():
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def compile_module(net: nn.Module, mode: str, what: str = "the network") -> None:
     """Compile ``net``'s ``__call__`` in place (:meth:`nn.Module.compile`; state_dict keys unchanged)."""
+    _quiet_cpu_toolchain()
     _raise_recompile_limit()
     net.compile(**compile_options(mode))
     net._compiled_call_impl = guarded(net._compiled_call_impl, what)
@@ -182,6 +191,7 @@ def compile_module(net: nn.Module, mode: str, what: str = "the network") -> None
 
 def compile_method(fn, mode: str, what: str):
     """A compiled bound method (e.g. ``net.forward_features``), failures as a :class:`ConfigError`."""
+    _quiet_cpu_toolchain()
     _raise_recompile_limit()
     return guarded(torch.compile(fn, **compile_options(mode)), what)
 
