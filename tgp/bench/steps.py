@@ -31,6 +31,7 @@ from tgp.bench.recipes import Recipe
 from tgp.blocks import kd_loss
 from tgp.distill.losses import DistillationLoss
 from tgp.lit import ClassifierModule
+from tgp.lit.compiled import compile_module, uncompile_module
 from tgp.pruning import MaskEnforcer, global_threshold, gradient_scores, magnitude_scores, prunable_parameters
 
 STEP_KINDS = ("dense", "kd", "masked", "masked_kd", "teacher")
@@ -145,10 +146,20 @@ class Bench:
         self.y = torch.randint(0, recipe.classes, (recipe.batch,), generator=gen).to(device)
 
     def _prepare(self, net: nn.Module) -> nn.Module:
-        net = net.to(self.device, memory_format=self.fmt)
+        return net.to(self.device, memory_format=self.fmt)
+
+    @contextlib.contextmanager
+    def compiled(self, *nets: nn.Module):
+        """``nets`` compiled as a run's fit compiles them (``compile=true``), for the plain loops;
+        the Lightning steps compile through :class:`~tgp.lit.ClassifierModule` itself."""
         if self.compile_mode:
-            net.compile(mode=None if self.compile_mode == "default" else self.compile_mode, dynamic=False)
-        return net
+            for net in nets:
+                compile_module(net, self.compile_mode)
+        try:
+            yield
+        finally:
+            for net in nets:
+                uncompile_module(net)
 
     def autocast(self):
         return autocast(self.device, self.precision)
@@ -159,13 +170,16 @@ class Bench:
         opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True)
 
         def step():
+            if self.compile_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
             with self.autocast():
                 loss = nn.functional.cross_entropy(net(self.x), self.y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        return timed(step, self.device, steps, warmup)
+        with self.compiled(net):
+            return timed(step, self.device, steps, warmup)
 
     def eval_s(self, net: nn.Module, steps: int, warmup: int) -> float:
         net.eval()
@@ -177,7 +191,8 @@ class Bench:
                 net(x)
 
         try:
-            return timed(step, self.device, steps, warmup) * self.recipe.eval_batch / x.shape[0]
+            with self.compiled(net):
+                return timed(step, self.device, steps, warmup) * self.recipe.eval_batch / x.shape[0]
         finally:
             net.train()
 
@@ -192,7 +207,7 @@ class Bench:
             net, criterion, teacher=teacher, mask=mask, stage=f"bench_{kind}",
             optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True), lr=float(cfg.retrain.lr), epochs=1,
             schedule=OmegaConf.to_container(cfg.schedule), channels_last=self.fmt is torch.channels_last,
-            num_classes=self.recipe.classes,
+            num_classes=self.recipe.classes, compile_mode=self.compile_mode,
         )
 
     def teacher_copy(self) -> nn.Module:
