@@ -25,15 +25,16 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from tgp.errors import ConfigError
+
 SLOT_ENV = "TGP_LAUNCHER_SLOT"  # the slot number, for the job to record (tgp: metrics.json `launcher_slot`)
 
 
-class SlotError(ValueError):
-    """A launcher setting that cannot work on this machine: the setting, its value, why, and the fix."""
-
-    def __init__(self, setting: str, value: Any, problem: str, fix: str):
-        self.setting, self.value, self.problem, self.fix = setting, value, problem, fix
-        super().__init__(f"{setting}={value!r}: {problem} Fix: {fix}")
+# A launcher setting that cannot work on this machine: the setting, its value, why, and the fix.
+# The class lives in tgp.errors, not here: Hydra's plugin scan re-executes every module under
+# hydra_plugins in its existing namespace (``load_module``), which would make a class defined here
+# a new class after the scan, and an ``except SlotError`` bound before it would miss what is raised.
+SlotError = ConfigError
 
 
 @dataclass(frozen=True)
