@@ -29,7 +29,7 @@ def bench_file(tmp_path_factory) -> Path:
     out.parent.mkdir(parents=True)
     out.write_text(json.dumps({"device": "cpu", "recipes": {"earlier": {"modes": {}, "batch": 7}}}))
     proc = subprocess.run([sys.executable, "-m", "tgp.bench", "--recipes", "smoke", "--steps", "2", "--warmup", "1",
-                           "--epoch-batches", "2", "--data-images", "64"],
+                           "--epoch-batches", "2", "--data-images", "64", "--repeats", "1"],
                           capture_output=True, text=True, cwd=cwd, timeout=300,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout + proc.stderr

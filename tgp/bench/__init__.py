@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shlex
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -62,11 +63,18 @@ def measure(recipe: Recipe, device: torch.device, *, compile_mode: str | None, s
     bench = Bench(recipe, device, compile_mode=compile_mode)
     b = recipe.batch
     fig: dict = {}
-    log(f"  {recipe.name} [{'compiled ' + compile_mode if compile_mode else 'eager'}]: model", end="", flush=True)
-    fig["model_step_s"] = median_of(lambda: bench.model_step_s(steps, warmup), repeats)
-    for kind in STEP_KINDS:
-        log(f", {kind}", end="", flush=True)
-        fig[f"{kind}_step_s"] = median_of(lambda: bench.step_s(kind, steps, warmup), repeats)
+    log(f"  {recipe.name} [{'compiled ' + compile_mode if compile_mode else 'eager'}]: model and steps", end="", flush=True)
+    # Repeats are the outer loop, so drift (clock, temperature, other processes) hits every kind
+    # alike; a ratio is the median of the per-repeat ratios of neighbouring timings.
+    times: dict[str, list[float]] = {k: [] for k in ("model", *STEP_KINDS)}
+    for _ in range(repeats):
+        times["model"].append(bench.model_step_s(steps, warmup))
+        for kind in STEP_KINDS:
+            times[kind].append(bench.step_s(kind, steps, warmup))
+    for kind, ts in times.items():
+        fig[f"{kind}_step_s"] = statistics.median(ts)
+    fig["masked_over_dense"] = statistics.median(m / d for m, d in zip(times["masked"], times["dense"]))
+    fig["masked_kd_over_kd"] = statistics.median(m / d for m, d in zip(times["masked_kd"], times["kd"]))
     log(", eval", end="", flush=True)
     fig["eval_img_s"] = recipe.eval_batch / median_of(lambda: bench.eval_s(bench.student, steps, warmup), repeats)
     fig["teacher_eval_img_s"] = recipe.eval_batch / median_of(lambda: bench.eval_s(bench.teacher, steps, warmup), repeats)
@@ -107,8 +115,6 @@ def derive(recipe: Recipe, fig: dict) -> dict:
     for kind in STEP_KINDS:
         fig[f"{kind}_img_s"] = b / fig[f"{kind}_step_s"]
     fig["epoch_over_model"] = ep["img_s"] / fig["model_img_s"]
-    fig["masked_over_dense"] = fig["masked_step_s"] / fig["dense_step_s"]
-    fig["masked_kd_over_kd"] = fig["masked_kd_step_s"] / fig["kd_step_s"]
     return fig
 
 
@@ -152,7 +158,7 @@ def main(argv=None) -> dict:
                     help="torch.compile mode: default | reduce-overhead | max-autotune (default: the recipe's compile_mode)")
     ap.add_argument("--steps", type=int, default=30 if cuda else 3, help="timed steps per figure")
     ap.add_argument("--warmup", type=int, default=5 if cuda else 1)
-    ap.add_argument("--repeats", type=int, default=3 if cuda else 1, help="median over this many timings")
+    ap.add_argument("--repeats", type=int, default=3, help="median over this many timings (interleaved)")
     ap.add_argument("--epoch-batches", type=int, default=None if cuda else 4,
                     help="batches of the timed epoch (default: the whole training split on a GPU, 4 on a CPU)")
     ap.add_argument("--data-images", type=int, default=20_000 if cuda else 256)

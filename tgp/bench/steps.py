@@ -34,7 +34,7 @@ from tgp.lit import ClassifierModule
 from tgp.lit.compiled import compile_module, uncompile_module
 from tgp.pruning import MaskEnforcer, global_threshold, gradient_scores, magnitude_scores, prunable_parameters
 
-STEP_KINDS = ("dense", "kd", "masked", "masked_kd", "teacher")
+STEP_KINDS = ("dense", "masked", "kd", "masked_kd", "teacher")  # each ratio's pair timed back to back
 
 
 def sync(device: torch.device) -> None:
