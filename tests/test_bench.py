@@ -100,3 +100,10 @@ def test_reproduce_table2_dry_run_without_a_bench_file_says_assumed(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ASSUMPTIONS" in proc.stdout and "MEASURED" not in proc.stdout
+
+
+def test_unknown_recipe_is_one_line_naming_the_choices():
+    proc = subprocess.run([sys.executable, "-m", "tgp.bench", "--recipes", "cifar10_resnet81"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--recipes cifar10_resnet81: no such experiment file" in proc.stderr and "cifar10_resnet18" in proc.stderr

@@ -169,6 +169,11 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     names = [n for n in args.recipes.split(",") if n]
+    known = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml"))
+    unknown = [n for n in names if n not in known]
+    if unknown:  # one paragraph, not Hydra's MissingConfigException traceback
+        ap.error(f"--recipes {','.join(unknown)}: no such experiment file (tgp/conf/experiment/). "
+                 f"Fix: use one or more of {', '.join(known)}.")
     batch = args.batch or (None if device.type == "cuda" else 16)
     label = device_name(device)
     out = Path(args.out) if args.out else default_path(label)
