@@ -11,18 +11,7 @@ import time
 
 import torch
 
-from tgp.bench.steps import sync
-
-
-def _timed_epoch(batches, device: torch.device) -> float:
-    """Images per second over one pass of ``batches``, each moved to ``device`` (the copy counts)."""
-    sync(device)
-    t0, count = time.perf_counter(), 0
-    for x, _ in batches:
-        x = x.to(device, non_blocking=True)
-        count += x.shape[0]
-    sync(device)
-    return count / (time.perf_counter() - t0)
+from tgp.bench.steps import delivered_img_s, sync
 
 
 def loader_throughput(device: torch.device, batch: int, workers: int, n: int = 8192) -> dict:
@@ -50,8 +39,8 @@ def loader_throughput(device: torch.device, batch: int, workers: int, n: int = 8
                             pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     device_path = DeviceLoader(images, labels, batch_size=batch, mean=mean, std=std, device=device, shuffle=True,
                                drop_last=True, augment=True, channels_last=device.type == "cuda")
-    _timed_epoch(device_path, device), _timed_epoch(torch_path, device)  # warm-up (worker start-up, allocator)
-    torch_rate, device_rate = _timed_epoch(torch_path, device), _timed_epoch(device_path, device)
+    delivered_img_s(device_path, device), delivered_img_s(torch_path, device)  # warm-up (worker start-up, allocator)
+    torch_rate, device_rate = delivered_img_s(torch_path, device), delivered_img_s(device_path, device)
     return {"torch_loader_img_s": torch_rate, "device_loader_img_s": device_rate,
             "device_over_torch_loader": device_rate / torch_rate}
 
@@ -135,8 +124,8 @@ def tiny_imagenet_throughput(root, batch: int = 128, workers: int = 2, device="c
             raise RuntimeError("the cache built in the fresh process was not found again")
 
         def measure(key, loader):
-            _timed_epoch(loader, device)  # warm-up
-            rates = [_timed_epoch(loader, device) for _ in range(epochs)]
+            delivered_img_s(loader, device)  # warm-up
+            rates = [delivered_img_s(loader, device) for _ in range(epochs)]
             result[key], result[f"{key}_epochs"] = max(rates), rates
 
         for key, dm in (("jpeg_loader_img_s", jpeg), ("cache_torch_img_s", cached)):
