@@ -3,10 +3,15 @@ BatchNorm statistics are those of the global batch under DDP, and a stage record
 
 from __future__ import annotations
 
+import atexit
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import nn
 
 from tests.conftest import compose_cfg, read_json, run_cli
@@ -95,3 +100,25 @@ def test_ddp_stage_records_world_size_and_per_rank_batch(tmp_path):
     assert (ddp["world_size"], ddp["per_rank_batch"]) == (2, 16)
     assert (one["world_size"], one["per_rank_batch"]) == (1, 32)
     assert ddp["epochs"] == one["epochs"] == 1
+
+
+class _GroupStateAtExit(Callback):
+    """Writes, from the very last ``atexit`` handler of each rank, whether its process group was still alive."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # registered before tgp's own callbacks run their setup, so (LIFO) it runs after them at exit
+        path = self.folder / f"rank{trainer.global_rank}.txt"
+        atexit.register(lambda: path.write_text(str(dist.is_initialized())))
+
+
+@pytest.mark.slow  # two spawned interpreters import torch: ~20 s on 2 cores
+def test_ddp_ranks_exit_with_their_process_group_destroyed(tmp_path):
+    """A rank that exits with its gloo group alive can abort during interpreter finalization
+    (SIGABRT after the stage finished); every tgp Trainer destroys the group at exit instead."""
+    cfg = compose_cfg(["experiment=smoke", "trainer=ddp_sim", "logger=none"], tmp_path)
+    trainer = Training(cfg, None).trainer("prune", tmp_path, callbacks=[_GroupStateAtExit(tmp_path)])
+    trainer.validate(BoringModel(), verbose=False)
+    assert {p.name: p.read_text() for p in tmp_path.glob("rank*.txt")} == {"rank0.txt": "False", "rank1.txt": "False"}
