@@ -114,6 +114,11 @@ def test_sweep_option_without_the_swept_key_is_named(tmp_path, monkeypatch):
         precheck(["~pruning.sparsty"])
 
 
+def test_cfg_with_multirun_is_one_paragraph_not_a_traceback(tmp_path):
+    proc = run_cli(["-m", "--cfg", "job", "experiment=smoke", "pruning.sparsity=0.5,0.8"], tmp_path, check=False)
+    assert_refused(proc, tmp_path, "--cfg='job'", "cannot be combined with -m", "Fix: drop -m", nothing_written=True)
+
+
 # -- before the first stage: validate_job ------------------------------------------------------------
 @pytest.mark.parametrize("args, needles", [
     (["retrain.epochs=-1"], ["retrain.epochs=-1", "at least 1"]),

@@ -83,12 +83,16 @@ def precheck(argv: list[str], *, cluster: bool = False) -> None:
       (:func:`check_launcher`). Off by default so that a cluster command line can be checked anywhere.
 
     ``--help``, ``--hydra-help``, ``--info``, ``--version`` and ``--config-path/--config-dir`` go to Hydra
-    untouched; ``--cfg`` checks the composition only. Checks that need the method, the data or the model
+    untouched; ``--cfg`` checks the composition only (and is refused with ``-m``, which Hydra cannot combine). Checks that need the method, the data or the model
     run in :func:`tgp.checks.validate_job`, before the first stage. Costs one compose per checked job.
     """
     args = _parse_args(argv)
     if args is None:
         return
+    if args.cfg is not None and args.multirun:  # Hydra's own refusal is a ValueError traceback
+        raise ConfigError("--cfg", args.cfg, "Hydra prints the configuration of one job, so --cfg cannot be combined "
+                          "with -m/--multirun.", "drop -m and give each swept key one of its values (e.g. "
+                          "pruning.sparsity=0.5 instead of 0.5,0.8) to print that job's configuration.")
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
