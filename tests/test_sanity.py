@@ -127,6 +127,26 @@ def test_bad_value_and_non_one_shot_method_are_config_errors(tmp_path):
         check_sanity(cfg, get_method("tgp"))
 
 
+@pytest.mark.parametrize("overrides, needle", [
+    (["method=imp"], "method imp makes its masks with its own pruning rule"),
+    (["method=colt"], "method colt makes its masks"),
+    (["method=sdp"], "method sdp makes its masks"),
+    (["pruning.sanity=random_uniform"], "pruning.sanity=random_uniform draws a random mask"),
+    (["pruning.mask=some/mask.pt"], "pruning.mask='some/mask.pt' is used as it is"),
+])
+def test_keep_class_rows_refused_where_it_would_be_ignored(overrides, needle, tmp_path):
+    from tgp.checks import check_keep_class_rows
+    from tgp.methods import get_method
+
+    cfg = compose_cfg(["experiment=smoke", "pruning.keep_class_rows=true", *overrides], tmp_path)
+    with pytest.raises(ConfigError, match="^pruning.keep_class_rows=True: ") as e:
+        check_keep_class_rows(cfg, get_method(str(cfg.method.name)))
+    assert needle in str(e.value) and "Fix:" in str(e.value)
+    for method in ("tgp", "ce_grad", "magnitude", "random", "snip", "epsd"):  # a one-shot global threshold honours it
+        check_keep_class_rows(compose_cfg(["experiment=smoke", f"method={method}", "pruning.keep_class_rows=true"],
+                                          tmp_path), get_method(method))
+
+
 def test_run_name_shows_the_variant(tmp_path):
     from tgp.naming import run_name
 

@@ -31,6 +31,7 @@ def validate_job(cfg: DictConfig, spec, dm, student) -> None:
     prunable_parameters(student, list(exclude))  # raises on a pattern that matches nothing
     check_mask(cfg, spec, student)
     check_sanity(cfg, spec)
+    check_keep_class_rows(cfg, spec)
     from tgp.lit.compiled import check_compile
 
     check_compile(cfg)  # compile / compile_mode, and the compiler inductor needs with compile=true
@@ -163,6 +164,30 @@ def check_sanity(cfg: DictConfig, spec) -> None:
         raise ConfigError("pruning.sanity", value, "this variant sets every layer's density itself, so "
                           f"pruning.min_layer_density={cfg.pruning.min_layer_density} would be ignored.",
                           "set pruning.min_layer_density=0 for this variant.")
+
+
+def check_keep_class_rows(cfg: DictConfig, spec) -> None:
+    """``pruning.keep_class_rows=true`` is a rule of the one-shot global threshold: refused where no such
+    threshold makes the mask (IMP's, COLT's and SDP's own pruning; a given ``pruning.mask``; a random
+    sanity variant), which would otherwise ignore it silently."""
+    from tgp.pruning.sanity import RANDOM_VARIANTS
+
+    if not OmegaConf.select(cfg, "pruning.keep_class_rows", default=False):
+        return
+    if not spec.accepts_mask:
+        from tgp.methods import load_all
+
+        one_shot = [n for n, s in sorted(load_all().items()) if s.accepts_mask]
+        raise ConfigError("pruning.keep_class_rows", True, f"method {spec.name} makes its masks with its own pruning "
+                          "rule, which does not keep a weight per class, so the setting would be ignored.",
+                          f"use pruning.keep_class_rows with one of {', '.join(one_shot)}, or drop it.")
+    if OmegaConf.select(cfg, "pruning.mask", default=None):
+        raise ConfigError("pruning.keep_class_rows", True, f"the given pruning.mask={cfg.pruning.mask!r} is used as "
+                          "it is, so the setting would be ignored.", "drop one of the two.")
+    sanity = OmegaConf.select(cfg, "pruning.sanity", default=None)
+    if sanity in RANDOM_VARIANTS:
+        raise ConfigError("pruning.keep_class_rows", True, f"pruning.sanity={sanity} draws a random mask with fixed "
+                          "per-layer counts, so the setting would be ignored.", "drop one of the two.")
 
 
 def check_mask(cfg: DictConfig, spec, student) -> None:

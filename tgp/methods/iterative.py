@@ -130,7 +130,7 @@ def _save_mask(mask: Mask, folder: Path, target: float | None, net, extra: dict 
         report.update(extra)
     atomic_save_json(report, folder / f"sparsity_report{'' if name == 'mask' else '_' + name[len('mask_'):]}.json")
     if name == "mask":  # the masks a round goes on with (not COLT's per-half ones)
-        warn_layer_collapse(report, f"{folder.name}/{name}.pt")
+        warn_layer_collapse(report, f"{folder.name}/{name}.pt", one_shot=False)
     return report
 
 

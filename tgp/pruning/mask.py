@@ -132,9 +132,10 @@ def sparsity_report(mask: Mask, model: nn.Module | None = None, target: float | 
     return report
 
 
-def warn_layer_collapse(report: dict, where: str = "pruning") -> str | None:
+def warn_layer_collapse(report: dict, where: str = "pruning", *, one_shot: bool = True) -> str | None:
     """Warn (logger ``tgp`` and ``warnings.warn``) when :func:`sparsity_report` found emptied layers or
-    classes without weights; returns the message (None when nothing collapsed)."""
+    classes without weights; returns the message (None when nothing collapsed). ``one_shot``: the mask came
+    from the one-shot global threshold, where ``pruning.keep_class_rows`` applies (not IMP's or COLT's rounds)."""
     empty, classes = report.get("empty_layers") or [], report.get("classes_without_weights") or []
     if not empty and not classes:
         return None
@@ -144,8 +145,8 @@ def warn_layer_collapse(report: dict, where: str = "pruning") -> str | None:
     if classes:
         parts.append(f"left {len(classes)} class(es) without any classifier weight ({report.get('classifier')}): "
                      f"{', '.join(map(str, classes))} (their logits are constant)")
-    message = (f"layer collapse in {where}: " + "; ".join(parts) + ". Set pruning.min_layer_density (e.g. 0.01) "
-               "and/or pruning.keep_class_rows=true to prevent it.")
+    fix = "pruning.min_layer_density (e.g. 0.01)" + (" and/or pruning.keep_class_rows=true" if one_shot else "")
+    message = f"layer collapse in {where}: " + "; ".join(parts) + f". Set {fix} to prevent it."
     logging.getLogger("tgp").warning(message)
     warnings.warn(message, stacklevel=2)
     return message
