@@ -65,7 +65,15 @@ def test_pipeline_exact_sparsity(tmp_path, overrides):
     fresh = build_net(r, cfg.model).state_dict()
     assert all(torch.equal(init[k], fresh[k]) for k in init)
     if "method.warmup_steps=2" in overrides:
-        assert json.loads((run_dir / "warmup" / "result.json").read_text())["steps"] == 2
+        # The warm-up's cost is measured: 2 steps of the global batch, stopped mid-epoch, at the per-example
+        # FLOPs of the retrain stage's dense count (same network and regime, counted by Training.fit).
+        warmup = json.loads((run_dir / "warmup" / "result.json").read_text())
+        retrain = json.loads((run_dir / "retrain" / "result.json").read_text())
+        assert warmup["steps"] == 2 and warmup["train_examples"] == 2 * cfg.data.batch_size
+        per_example = retrain["train_flops_dense"] // retrain["train_examples"]
+        assert warmup["train_flops_dense"] == warmup["train_flops"] == per_example * warmup["train_examples"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["cost_unmeasured"] == [] and metrics["cost_flops_own"] == warmup["train_flops"] + retrain["train_flops"]
 
 
 # ------------------------------------------------------------------ the SD score

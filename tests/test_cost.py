@@ -177,7 +177,7 @@ def test_cost_by_method_attribution_means_over_seeds_and_unmeasured_stages():
     assert sweep_total(rows)["flops"] == 100 + 10 + 20 + 300 + 30 + 60  # each teacher once
     assert rows[1]["cost_flops_shared"] == 100 and rows[1]["cost_flops_own"] == 20
     assert rows[0]["student_epochs_equiv"] == 1.0 and rows[0]["teacher_epochs_equiv"] == 1.0
-    # A stage that trained without a FLOPs record (EPSD's warm-up): unmeasured, totals None.
+    # A stage that trained without a FLOPs record (one computed before FLOPs were recorded): unmeasured, totals None.
     rows.append(_row("epsd", 0, {"warmup": ("w", {"epochs": 0.5, "steps": 3, "seconds": 1.0}),
                                  "retrain": ("e", trained(5, device="NVIDIA H100"))}))
     rows.append({"method": "epsd", "seed": 1, "status": "failed"})

@@ -23,6 +23,7 @@ Stages (each content-addressed, see :mod:`tgp.stages`)::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tgp.lit import SelfDistillModule
 from tgp.methods.registry import MethodSpec, register
 from tgp.pruning.mask import load_mask
 from tgp.stages import StageKind
+from tgp.training import TrainingCost, module_training_flops
 
 # The sparse network's budget (the budget policy): retrain.epochs at retrain.lr.
 BUDGET_NODES = ("model", "retrain.epochs", "retrain.lr", "method")
@@ -131,11 +133,13 @@ def run_epsd(job) -> str:
             steps = int(cfg.method.warmup_steps)
             module = _sd_module(job, cfg, load_stage_net(job, cfg.model, "init"), "warmup", 1, cfg.kd_pretrain.lr,
                                 schedule={"kind": "constant", "warmup_epochs": 0})
-            trainer = job.training.trainer("warmup", folder, max_epochs=-1, max_steps=steps, enable_checkpointing=False)
+            cost = TrainingCost(module_training_flops(module, sd_data))  # one process: EPSD refuses DDP
+            trainer = job.training.trainer("warmup", folder, max_epochs=-1, max_steps=steps, enable_checkpointing=False,
+                                           callbacks=[cost])
             trainer.fit(module, datamodule=sd_data)
             atomic_torch_save(module.net.state_dict(), folder / "net.pt")
             per_epoch = max(int(trainer.num_training_batches), 1)
-            return {"epochs": steps / per_epoch, "steps": steps}
+            return {"epochs": steps / per_epoch, "steps": steps, **cost.result(epochs=math.ceil(steps / per_epoch))}
 
         job.run(EPSD_WARMUP, warmup, parent="init")
         source = "warmup"

@@ -9,7 +9,8 @@ network run alongside (a KD teacher, SDP's dense copy). Counted: the training st
 validation and test passes, pruning scores (at most ``pruning.score_batches`` batches) and
 elementwise work (BatchNorm, losses, the optimizer). A stage without training (``init``,
 ``prune``, COLT's mask combination, a teacher loaded from a checkpoint) costs 0; a stage that
-trained but recorded no FLOPs (EPSD's warm-up steps, a stage computed before this was recorded)
+trained but recorded no FLOPs (a stage computed before this was recorded, e.g. an EPSD warm-up
+from before its steps were counted)
 is *unmeasured*: the totals it enters are ``None`` and the stage is listed in ``cost_unmeasured``.
 Seconds are kept as a secondary number, labelled with the device they were measured on: they
 vary with the machine and its load, FLOPs do not.
