@@ -115,6 +115,26 @@ def test_stage_flops_are_per_example_count_times_examples_seen(jobs):
     assert "train_flops" not in res["prune"] and row["train_flops_prune"] == 0  # no training step
 
 
+def test_early_stopped_stage_records_the_epochs_it_trained_and_their_cost(tmp_path):
+    """Early stopping (no improvement of at least 1.0 in accuracy: stops after the second epoch) ends the
+    teacher at 2 of its 4 epochs: the result says so, and its cost is that of the epochs trained, counted
+    against an independent count (the validation rows of metrics.csv, times the examples of an epoch)."""
+    import csv
+
+    cfg = compose_cfg(["experiment=smoke", "teacher.epochs=4", "stop_after=teacher", "callbacks.early_stopping.enabled=true",
+                       "callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=1.0"], tmp_path)
+    run_pipeline(cfg, tmp_path / "run")
+    res = read_json(tmp_path / "run" / "teacher" / "result.json")
+    with open(tmp_path / "run" / "teacher" / "metrics.csv", newline="") as f:
+        validated = {r["epoch"] for r in csv.DictReader(f) if r.get("teacher/val/acc")}
+    assert (res["epochs"], res["epochs_budget"], res["stopped_early"]) == (2, 4, True) and len(validated) == 2
+    per_epoch = int(cfg.trainer.limit_train_batches) * int(cfg.data.batch_size)
+    assert res["train_examples"] == 2 * per_epoch
+    teacher = instantiate(cfg.teacher.net, num_classes=10, in_channels=1)
+    t_fb, _ = counted(teacher, backward=True)
+    assert res["train_flops"] == res["train_flops_dense"] == 2 * per_epoch * t_fb
+
+
 def test_metrics_split_own_and_shared_stages(jobs):
     first, second = jobs["true"][0], jobs["false"][0]
     f = {s: first[f"train_flops_{s}"] for s in ("teacher", "kd_pretrain", "prune", "retrain")}

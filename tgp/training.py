@@ -97,7 +97,7 @@ class Training:
     def fit(self, stage: str, folder: Path, module, epochs: int, callbacks=(), datamodule=None) -> dict:
         """Fit ``module`` for ``epochs``, resuming from ``last.ckpt``; test the last and the best-val weights.
 
-        Returns ``epochs``, ``top1_last``, ``top1_best_val``, ``val_acc_best``, and what it trained
+        Returns ``epochs`` (trained: fewer than ``epochs_budget`` when early stopping ended it, ``stopped_early``), ``top1_last``, ``top1_best_val``, ``val_acc_best``, and what it trained
         with: ``world_size``, ``per_rank_batch`` and ``device``; and its cost (:class:`TrainingCost`):
         ``train_examples`` (examples through the training step, all ranks and epochs),
         ``train_flops_dense`` and ``train_flops`` (with the mask at each epoch's start); ``compile``: the
@@ -133,7 +133,7 @@ class Training:
         batch = per_rank_batch(int(dm.batch_size), trainer.world_size) if hasattr(dm, "batch_size") else None
         ckpt = folder / "last.ckpt"
         if ckpt.exists():
-            done = int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1  # completed
+            done = completed_epochs(ckpt)
             log.info("stage %s: resuming from last.ckpt at epoch %d (%d of %d epochs done)", stage, done, done, epochs)
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
@@ -148,9 +148,14 @@ class Training:
         finally:
             merge_attempt_metrics(logs, folder / "metrics.csv")
         net = module.net
-        result = {"epochs": epochs, "world_size": int(trainer.world_size), "per_rank_batch": batch,
+        # The epochs it trained: fewer than the budget only when early stopping ended the fit (last.ckpt
+        # is written after every epoch, in rank 0 also under ddp_spawn).
+        trained = completed_epochs(ckpt)
+        trained = epochs if trained is None else min(trained, epochs)
+        result = {"epochs": trained, "epochs_budget": epochs, "stopped_early": trained < epochs,
+                  "world_size": int(trainer.world_size), "per_rank_batch": batch,
                   "device": device_name(trainer), "compile": getattr(module, "compile_mode", None) or False,
-                  **cost.result(ckpt, epochs), "top1_last": self.evaluate(net)}
+                  **cost.result(ckpt, trained), "top1_last": self.evaluate(net)}
         best_path = Path(best.best_model_path) if best.best_model_path else None
         if best_path and best_path.exists():
             state = torch.load(best_path, map_location="cpu", weights_only=False)
@@ -181,6 +186,13 @@ class Training:
 
 
 # -- the config's callbacks group ----------------------------------------------------------------
+def completed_epochs(ckpt: Path) -> int | None:
+    """Epochs finished by the fit whose per-epoch ``last.ckpt`` this is (None without one)."""
+    if not Path(ckpt).exists():
+        return None
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1
+
+
 def config_callbacks(cfg: DictConfig, stage: str, *, early_stopping: bool = False,
                      has_logger: bool = True) -> list[Callback]:
     """The ``callbacks`` group's callbacks for one stage's Trainer: every entry with a ``_target_`` and
