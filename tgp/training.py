@@ -97,8 +97,9 @@ class Training:
     def fit(self, stage: str, folder: Path, module, epochs: int, callbacks=(), datamodule=None) -> dict:
         """Fit ``module`` for ``epochs``, resuming from ``last.ckpt``; test the last and the best-val weights.
 
-        Returns ``epochs`` (trained: fewer than ``epochs_budget`` when early stopping ended it, ``stopped_early``), ``top1_last``, ``top1_best_val``, ``val_acc_best``, and what it trained
-        with: ``world_size``, ``per_rank_batch`` and ``device``; and its cost (:class:`TrainingCost`):
+        Returns ``epochs`` (those trained: fewer than ``epochs_budget`` when early stopping ended it,
+        ``stopped_early``), ``top1_last``, ``top1_best_val``, ``val_acc_best``, and what it trained with:
+        ``world_size``, ``per_rank_batch`` and ``device``; and its cost (:class:`TrainingCost`):
         ``train_examples`` (examples through the training step, all ranks and epochs),
         ``train_flops_dense`` and ``train_flops`` (with the mask at each epoch's start); ``compile``: the
         ``torch.compile`` mode the fit ran with (``False``: eager; :mod:`tgp.lit.compiled`). A
