@@ -142,7 +142,15 @@ def test_keep_class_rows_refused_where_it_would_be_ignored(overrides, needle, tm
     with pytest.raises(ConfigError, match="^pruning.keep_class_rows=True: ") as e:
         check_keep_class_rows(cfg, get_method(str(cfg.method.name)))
     assert needle in str(e.value) and "Fix:" in str(e.value)
-    for method in ("tgp", "ce_grad", "magnitude", "random", "snip", "epsd"):  # a one-shot global threshold honours it
+
+
+def test_keep_class_rows_accepted_where_a_one_shot_global_threshold_makes_the_mask(tmp_path):
+    from tgp.checks import check_keep_class_rows
+    from tgp.methods import get_method, load_all
+
+    one_shot = sorted(n for n, spec in load_all().items() if spec.accepts_mask)
+    assert one_shot == ["ce_grad", "epsd", "magnitude", "random", "snip", "tgp"]
+    for method in one_shot:
         check_keep_class_rows(compose_cfg(["experiment=smoke", f"method={method}", "pruning.keep_class_rows=true"],
                                           tmp_path), get_method(method))
 
