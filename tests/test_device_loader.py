@@ -118,3 +118,40 @@ def test_augmentation_is_the_drawn_crop_then_flip_of_each_image():
             expected = torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip)])
             assert torch.equal(y, idx) and x.shape == (b, 3, 8, 6) and x.is_contiguous()
             assert torch.equal(torch.round(x * 255).to(torch.uint8), expected)
+
+
+@pytest.mark.parametrize("regime", ["pskd", "dlb", "cskd"])
+def test_self_distillation_batches_on_the_device_path(cifar, regime):
+    """EPSD's SD loaders with ``loader=device``: DLB's and CS-KD's batches are their sampler's index
+    lists (drawn from the global RNG, as on the torch path), PS-KD's a seeded shuffle, and every
+    ``(x, y, i)`` is sample ``i`` of the training split, as the torch path's dataset gives it."""
+    from tgp.data.views import SelfDistillData
+
+    sd = SelfDistillData(cifar(augment=False, loader="device"), regime)
+    torch.manual_seed(0)
+    loader = sd.train_dataloader()
+    assert isinstance(loader, DeviceLoader) and len(loader) == len(SelfDistillData(cifar(), regime).train_dataloader())
+    batches = list(loader)
+    data = sd.base.data_train
+    for x, y, i in batches:
+        assert torch.allclose(x, torch.stack([data[int(k)][0] for k in i]), atol=1e-5)
+        assert torch.equal(y, torch.as_tensor([data[int(k)][1] for k in i]))
+    if regime == "pskd":  # every sample at most once: all but the dropped last partial batch
+        seen = torch.cat([i for _, _, i in batches])
+        assert len(seen) == len(set(seen.tolist())) == 96
+    else:
+        torch.manual_seed(0)
+        expected = list(sd._batch_sampler())
+        assert [i.tolist() for _, _, i in batches] == [list(map(int, e)) for e in expected]
+
+
+def test_pskd_fit_through_lightning_with_the_device_path(cifar):
+    from tgp.data.views import SelfDistillData
+    from tgp.lit import SelfDistillModule
+
+    sd = SelfDistillData(cifar(loader="device"), "pskd")
+    module = SelfDistillModule(build_model("resnet20", num_classes=10, width=4), regime="pskd", num_train=100, epochs=1)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=sd)
+    assert trainer.global_step == 100 // 16 and int(module.pskd_seen.sum()) == 96

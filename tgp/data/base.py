@@ -302,13 +302,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return per_rank_batch(self.eval_batch_size, self.world_size, "data.eval_batch_size")
 
     # ----------------------------------------------------------------- the device path
-    def _device_loader(self, split: str, device: torch.device | str | None = None) -> DeviceLoader:
-        """``split`` served by a :class:`DeviceLoader` on ``device`` (default: the attached Trainer's
-        root device, else the CPU) with the same batch sizes, drop_last rule, augmentation and
+    def _device_loader(self, split: str, device: torch.device | str | None = None, *, trainer=None,
+                       **kw) -> DeviceLoader:
+        """``split`` served by a :class:`DeviceLoader` on ``device`` (default: the Trainer's root
+        device, else the CPU) with the same batch sizes, drop_last rule, augmentation and
         normalization as the torch path; the training order and crops are seeded by
-        ``(shuffle_seed, trainer epoch)`` so a resumed stage draws the epochs it had not drawn."""
+        ``(shuffle_seed, trainer epoch)`` so a resumed stage draws the epochs it had not drawn.
+        ``trainer``: the Trainer fitting through another datamodule that wraps this one (default: the
+        one attached here); ``kw``: :class:`DeviceLoader`'s ``batch_sampler`` and ``with_index``."""
         images, labels = self._uint8_split(split)
-        trainer = getattr(self, "trainer", None)
+        trainer = trainer if trainer is not None else getattr(self, "trainer", None)
         if device is None:
             device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         device = torch.device(device)
@@ -318,7 +321,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             mean=self.mean, std=self.std, device=device, shuffle=train,
             drop_last=train and len(labels) > self.batch_size, augment=train and self.augment,
             padding=self.crop_padding, seed=self.shuffle_seed, channels_last=device.type == "cuda",
-            epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None,
+            epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None, **kw,
         )
 
     # ----------------------------------------------------------------- the loaders Lightning asks for

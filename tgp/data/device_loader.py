@@ -13,7 +13,7 @@ The augmentation equals the torch path's ``RandomCrop(size, padding=p)`` (zero f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -29,6 +29,9 @@ class DeviceLoader:
       ``DistributedSampler`` so all ranks run the same number of batches).
     * ``epoch_fn``: the epoch to seed with (e.g. the trainer's current epoch, so a resumed run
       draws the epochs it had not drawn yet); by default, the count of ``__iter__`` calls.
+    * ``batch_sampler``: the index lists of the batches instead (a self-distillation regime's
+      sampler, e.g. DLB's overlapping batches; one process only), in place of ``shuffle``.
+    * ``with_index``: batches are ``(x, y, i)``, ``i`` the samples' positions in the split.
     """
 
     def __init__(
@@ -47,9 +50,12 @@ class DeviceLoader:
         seed: int = 0,
         channels_last: bool = False,
         epoch_fn: Callable[[], int] | None = None,
+        batch_sampler: Iterable[Sequence[int]] | None = None,
+        with_index: bool = False,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("DeviceLoader expects uint8 images shaped [N, H, W, C]")
+        self.batch_sampler, self.with_index = batch_sampler, bool(with_index)
         self.device = torch.device(device)
         self.labels = labels.to(self.device, torch.long)
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
@@ -93,6 +99,8 @@ class DeviceLoader:
         return order.to(self.device)
 
     def __len__(self) -> int:
+        if self.batch_sampler is not None:
+            return len(self.batch_sampler)
         n = -(-self.labels.shape[0] // self._rank_world()[1])
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
@@ -109,14 +117,23 @@ class DeviceLoader:
         windows = self.images.unfold(1, h, 1).unfold(2, w, 1)  # a view [2N, 2p+1, 2p+1, C, H, W]: every crop
         return windows[source, off_y, off_x]
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self._epoch
-        self._epoch += 1
+    def _batches(self, epoch: int) -> Iterator[Tensor]:
+        if self.batch_sampler is not None:
+            if self._rank_world()[1] > 1:
+                raise ValueError("DeviceLoader: a batch_sampler is served in one process only")
+            for batch in self.batch_sampler:  # drawn on the host (its RNG), a few hundred indices per batch
+                yield torch.as_tensor(batch, dtype=torch.long).to(self.device, non_blocking=True)
+            return
         order = self._indices(epoch)
-        gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch + 1)
         stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
         for start in range(0, stop, self.batch_size):
-            idx = order[start : start + self.batch_size]
+            yield order[start : start + self.batch_size]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self._epoch
+        self._epoch += 1
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch + 1)
+        for idx in self._batches(epoch):
             if self.augment:
                 x = self._augment(idx, gen)
             else:
@@ -124,4 +141,5 @@ class DeviceLoader:
             # uint8 → float in the layout the model takes (NCHW memory is the NHWC view made contiguous
             # in the same copy), then normalized in place where the per-channel constants vectorize.
             x = torch.empty(x.shape, device=self.device, memory_format=self._format).copy_(x)
-            yield x.mul_(self.scale).add_(self.shift), self.labels[idx]
+            x = x.mul_(self.scale).add_(self.shift)
+            yield (x, self.labels[idx], idx) if self.with_index else (x, self.labels[idx])

@@ -87,7 +87,8 @@ class ClassSubsetDataModule(ImageClassificationDataModule):
 class SelfDistillData(L.LightningDataModule):
     """The run's datamodule with a train loader for an SD regime: items ``(x, y, index)``;
     PS-KD shuffles like the base loader, DLB and CS-KD use their batch samplers. The other
-    loaders are the base datamodule's."""
+    loaders are the base datamodule's. With ``data.loader=device`` the same batches (same sampler,
+    same index lists) are served by the base's :class:`~tgp.data.device_loader.DeviceLoader`."""
 
     def __init__(self, base, regime: str):
         super().__init__()
@@ -102,16 +103,25 @@ class SelfDistillData(L.LightningDataModule):
     def num_train(self) -> int:
         return self.base.num_train
 
-    def train_dataloader(self) -> DataLoader:
+    def _batch_sampler(self):
+        """DLB's or CS-KD's batch sampler over the training split (None for PS-KD: a plain shuffle)."""
+        b = self.base
+        if self.regime == "dlb":
+            return DLBBatchSampler(len(b.data_train), b.batch_size)
+        if self.regime == "cskd":
+            return ClassPairBatchSampler(dataset_labels(b.data_train), b.batch_size)
+        return None
+
+    def train_dataloader(self):
         b = self.base
         b.setup("fit")
+        if getattr(b, "loader", "torch") == "device":
+            return b._device_loader("train", trainer=self.trainer, batch_sampler=self._batch_sampler(), with_index=True)
         ds = IndexedDataset(b.data_train)
         kw = dict(num_workers=b.num_workers, pin_memory=b.pin_memory, persistent_workers=b.persistent_workers)
         if self.regime == "pskd":
             return DataLoader(ds, batch_size=b.batch_size, shuffle=True, drop_last=len(ds) > b.batch_size, **kw)
-        if self.regime == "dlb":
-            return DataLoader(ds, batch_sampler=DLBBatchSampler(len(ds), b.batch_size), **kw)
-        return DataLoader(ds, batch_sampler=ClassPairBatchSampler(dataset_labels(b.data_train), b.batch_size), **kw)
+        return DataLoader(ds, batch_sampler=self._batch_sampler(), **kw)
 
     def val_dataloader(self):
         return self.base.val_dataloader()

@@ -137,7 +137,7 @@ def summary_table(row: dict, run_dir: Path) -> str:
         f"target sparsity {_pct(row['target_sparsity'])}%, measured {_pct(row['measured_sparsity'])}% of prunable weights "
         f"({_pct(row['sparsity_all'])}% of all parameters); nonzero params {row['params_nonzero']:,} / {row['params_total']:,}; "
         f"FLOPs {row['flops_nonzero']:,} nonzero / {row['flops_dense']:,} dense "
-        f"({row['theoretical_speedup']:.2f}x theoretical); {row['epochs_total']} epochs, {row['seconds_total']:.1f} s"
+        f"({row['theoretical_speedup']:.2f}x theoretical); {row['epochs_total']:g} epochs, {row['seconds_total']:.1f} s"
     )
     if row.get("effective_sparsity") is not None:
         out.append(
