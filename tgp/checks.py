@@ -134,6 +134,13 @@ def check_batch_size(cfg: DictConfig) -> None:
                           f"set data.batch_size to a multiple of {world}.")
 
 
+def one_shot_methods() -> list[str]:
+    """The methods whose mask comes from a one-shot prune stage (they take ``pruning.mask``), sorted."""
+    from tgp.methods import load_all
+
+    return [n for n, s in sorted(load_all().items()) if s.accepts_mask]
+
+
 def check_sanity(cfg: DictConfig, spec) -> None:
     """``pruning.sanity``: a known variant (:mod:`tgp.pruning.sanity`), for a method whose mask comes from a one-shot
     prune stage (those that accept ``pruning.mask``), and not combined with settings it would silently ignore."""
@@ -150,9 +157,7 @@ def check_sanity(cfg: DictConfig, spec) -> None:
                           (f"did you mean pruning.sanity={close[0]}? " if close else "")
                           + f"use null (the method itself) or one of: {', '.join(VARIANTS)}.")
     if not spec.accepts_mask:
-        from tgp.methods import load_all
-
-        one_shot = [n for n, s in sorted(load_all().items()) if s.accepts_mask]
+        one_shot = one_shot_methods()
         raise ConfigError("pruning.sanity", value, f"method {spec.name} does not prune in one shot; sanity-check "
                           "variants are defined for one-shot methods only.",
                           f"use pruning.sanity with one of {', '.join(one_shot)}, or drop it.")
@@ -175,9 +180,7 @@ def check_keep_class_rows(cfg: DictConfig, spec) -> None:
     if not OmegaConf.select(cfg, "pruning.keep_class_rows", default=False):
         return
     if not spec.accepts_mask:
-        from tgp.methods import load_all
-
-        one_shot = [n for n, s in sorted(load_all().items()) if s.accepts_mask]
+        one_shot = one_shot_methods()
         raise ConfigError("pruning.keep_class_rows", True, f"method {spec.name} makes its masks with its own pruning "
                           "rule, which does not keep a weight per class, so the setting would be ignored.",
                           f"use pruning.keep_class_rows with one of {', '.join(one_shot)}, or drop it.")
@@ -197,9 +200,7 @@ def check_mask(cfg: DictConfig, spec, student) -> None:
     if not path:
         return
     if not spec.accepts_mask:
-        from tgp.methods import load_all
-
-        accepting = [n for n, s in sorted(load_all().items()) if s.accepts_mask]
+        accepting = one_shot_methods()
         raise ConfigError("pruning.mask", path, f"method {spec.name} computes its own masks.",
                           f"use pruning.mask with one of {', '.join(accepting)}, or drop it.")
     from tgp.errors import CheckpointMismatchError

@@ -83,8 +83,9 @@ def precheck(argv: list[str], *, cluster: bool = False) -> None:
       (:func:`check_launcher`). Off by default so that a cluster command line can be checked anywhere.
 
     ``--help``, ``--hydra-help``, ``--info``, ``--version`` and ``--config-path/--config-dir`` go to Hydra
-    untouched; ``--cfg`` checks the composition only (and is refused with ``-m``, which Hydra cannot combine). Checks that need the method, the data or the model
-    run in :func:`tgp.checks.validate_job`, before the first stage. Costs one compose per checked job.
+    untouched; ``--cfg`` checks the composition only (and is refused with ``-m``, which Hydra cannot
+    combine). Checks that need the method, the data or the model run in :func:`tgp.checks.validate_job`,
+    before the first stage. Costs one compose per checked job.
     """
     args = _parse_args(argv)
     if args is None:
