@@ -16,7 +16,7 @@ $(PY):
 	$(BIN)/pip install -q uv==0.13.8
 
 # Re-runs only when the pins or the package metadata change.
-$(STAMP): $(PY) pyproject.toml constraints.txt
+$(STAMP): $(PY) pyproject.toml setup.py constraints.txt
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --compile-bytecode -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

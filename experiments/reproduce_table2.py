@@ -56,13 +56,13 @@ SMOKE = {"experiment": "smoke", "datasets": ("digits",), "ladders": ("ladder_a",
 
 
 def ladder_values(name: str) -> list[float]:
-    doc = yaml.safe_load((ROOT / "tgp" / "conf" / "sweep" / f"{name}.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "conf" / "sweep" / f"{name}.yaml").read_text())
     return [float(v) for v in str(doc["hydra"]["sweeper"]["params"]["pruning.sparsity"]).split(",")]
 
 
 def experiment_budget(experiment: str) -> dict:
     """Epochs per stage and teacher architecture of an experiment file (defaults from conf/)."""
-    doc = yaml.safe_load((ROOT / "tgp" / "conf" / "experiment" / f"{experiment}.yaml").read_text()) or {}
+    doc = yaml.safe_load((ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text()) or {}
     teacher = "resnet18"
     for d in doc.get("defaults") or []:
         if isinstance(d, dict) and "override /teacher" in d:
@@ -93,7 +93,7 @@ def build_grid(datasets, methods, ladders, seeds, limit: int | None, experiment_
         groups.append(("tgp", ["tgp"], ["retrain.kd=true,false"], (True, False)))
     baselines = [m for m in methods if m != "tgp"]
     # Our choice: baselines retrain with CE, as in their own recipes; TGP is run both ways.
-    with_cfg = [m for m in baselines if (ROOT / "tgp" / "conf" / "method" / f"{m}.yaml").exists()]
+    with_cfg = [m for m in baselines if (ROOT / "conf" / "method" / f"{m}.yaml").exists()]
     without_cfg = [m for m in baselines if m not in with_cfg]
     if with_cfg:
         groups.append(("baselines", with_cfg, ["retrain.kd=false"], (False,)))

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from tgp.naming import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "tgp" / "conf"
+CONF = ROOT / "conf"
 register_resolvers()
 
 

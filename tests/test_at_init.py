@@ -1,4 +1,4 @@
-"""SNIP and EPSD (pruning at initialization; METHOD.md §2): pipelines, SD losses, samplers, errors."""
+"""SNIP and EPSD (pruning at initialization; docs/methods.md, baselines): pipelines, SD losses, samplers, errors."""
 
 from __future__ import annotations
 

@@ -82,8 +82,8 @@ def test_reproduce_table2_dry_run_uses_the_measured_figures(bench_file):
     assert "ASSUMPTIONS" not in proc.stdout
     # The estimate, by hand from the bench file and the smoke budgets (1 epoch per stage).
     f = json.loads(bench_file.read_text())["recipes"]["smoke"]["modes"]["eager"]
-    smoke = yaml.safe_load((ROOT / "tgp" / "conf" / "experiment" / "smoke.yaml").read_text())
-    ladder = yaml.safe_load((ROOT / "tgp" / "conf" / "sweep" / "ladder_a.yaml").read_text())
+    smoke = yaml.safe_load((ROOT / "conf" / "experiment" / "smoke.yaml").read_text())
+    ladder = yaml.safe_load((ROOT / "conf" / "sweep" / "ladder_a.yaml").read_text())
     sparsities = [float(v) for v in str(ladder["hydra"]["sweeper"]["params"]["pruning.sparsity"]).split(",")]
     e = f["stage_epoch_s"]
     total = smoke["teacher"]["epochs"] * e["teacher"] + smoke["kd_pretrain"]["epochs"] * e["kd_pretrain"]

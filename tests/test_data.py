@@ -22,7 +22,7 @@ from tgp.data import (
 from tgp.data.fake_trees import write_fake_tiny_imagenet
 from tgp.errors import ConfigError, DataNotFoundError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "tgp" / "conf" / "data"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "data"
 
 
 def _check_batch(batch, channels, size, num_classes, batch_size=None):

@@ -115,7 +115,7 @@ def app(tmp_path) -> Path:
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "app.yaml").write_text(
         "defaults:\n  - _self_\n  - override hydra/launcher: node\n"
-        f"hydra:\n  searchpath: ['file://{ROOT / 'tgp' / 'conf'}']\n  sweep:\n    dir: {tmp_path / 'sweep'}\n"
+        f"hydra:\n  searchpath: ['file://{ROOT / 'conf'}']\n  sweep:\n    dir: {tmp_path / 'sweep'}\n"
         f"job: 0\nsleep: 1.0\nraise_job: -1\nexit_job: -1\nout: {tmp_path / 'out'}\n")
     return tmp_path
 
@@ -243,7 +243,7 @@ def node_cfg(*overrides: str):
 
     register_resolvers()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "tgp" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=["experiment=smoke", "hydra/launcher=node", *overrides],
                        return_hydra_config=True)
 

@@ -13,7 +13,7 @@ from torch import nn
 from tgp.errors import ConfigError
 from tgp.models import MODELS, available_models, build_model
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "tgp" / "conf" / "model"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 EXPECTED = {"resnet18", "resnet34", "resnet50", "resnet20", "resnet56", "vgg16", "vgg19"}
 SMALL_WIDTH = 8
 

@@ -77,8 +77,12 @@ def test_wheel_ships_the_config_tree_and_the_console_scripts(wheel_env):
     wheel, venv = wheel_env
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"tgp/conf/config.yaml", "tgp/conf/hydra/launcher/slurm.yaml", "tgp/conf/experiment/smoke.yaml"} <= names
-    conf = {str(p.relative_to(ROOT)) for p in (ROOT / "tgp" / "conf").rglob("*.yaml") if "local" not in p.parts}
+    # One copy in the repository (the top-level conf/ and experiments/reference/), mapped into the package
+    conf = {f"tgp/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml") if "local" not in p.parts}
     assert conf <= names, sorted(conf - names)
+    refs = {f"tgp/reference/{p.name}" for p in (ROOT / "experiments" / "reference").glob("*.yaml")}
+    assert refs and refs <= names, sorted(refs - names)
+    assert not (ROOT / "tgp" / "conf").exists()  # no second copy in the source tree
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for script in ("tgp-run", "tgp-eval", "tgp-report"):
         assert script in entry and (venv / "bin" / script).exists()

@@ -146,7 +146,7 @@ def test_sweep_ladders_compose():
 
     register_resolvers()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "tgp" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         a = compose("config", overrides=["sweep=ladder_a"], return_hydra_config=True)
         b = compose("config", overrides=["sweep=ladder_b"], return_hydra_config=True)
         slurm = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)

@@ -109,7 +109,7 @@ def _compose(overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
 
     from tgp.naming import register_resolvers
-    from tgp.run import CONFIG_DIR
+    from tgp.resources import CONFIG_DIR
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -153,7 +153,7 @@ def resolve_input(path: str, overrides: list[str], mask_path: str | None = None)
     kind = "lightning_ckpt" if p.suffix == ".ckpt" else "state_dict"
     run_dir = _run_dir_of(p)
     if overrides or run_dir is None:
-        cfg, source = _compose(overrides), "tgp/conf + overrides: " + (" ".join(overrides) or "(none)")
+        cfg, source = _compose(overrides), "conf/ + overrides: " + (" ".join(overrides) or "(none)")
     else:
         cfg, source = _load_run_config(run_dir / "config.yaml", []), str(run_dir / "config.yaml")
     return {"kind": kind, "weights": p, "cfg": cfg, "config_source": source,

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tgp.errors import ConfigError, TGPError
 
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped inside the package
+from tgp.resources import CONFIG_DIR  # conf/ of a checkout, or the copy inside an installed wheel
 
 
 # Strategies whose Lightning launcher re-runs the command line (sys.argv) in every other rank.

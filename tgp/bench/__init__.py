@@ -43,6 +43,7 @@ import torch
 from tgp.bench.recipes import TABLE2_RECIPES, Recipe, load_recipe
 from tgp.bench.steps import STEP_KINDS, Bench, median_of
 from tgp.io import atomic_save_json, read_json
+from tgp.resources import config_dir
 
 GOAL_EPOCH_OVER_MODEL = 0.85  # on a GPU
 GOAL_MASKED_OVER_DENSE = 1.05
@@ -169,10 +170,10 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     names = [n for n in args.recipes.split(",") if n]
-    known = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml"))
+    known = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
     unknown = [n for n in names if n not in known]
     if unknown:  # one paragraph, not Hydra's MissingConfigException traceback
-        ap.error(f"--recipes {','.join(unknown)}: no such experiment file (tgp/conf/experiment/). "
+        ap.error(f"--recipes {','.join(unknown)}: no such experiment file (conf/experiment/). "
                  f"Fix: use one or more of {', '.join(known)}.")
     batch = args.batch or (None if device.type == "cuda" else 16)
     label = device_name(device)

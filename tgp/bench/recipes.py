@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from tgp.errors import DataNotFoundError
 
-# The recipes of the paper's Table 2 (tgp/conf/experiment/).
+# The recipes of the paper's Table 2 (conf/experiment/).
 TABLE2_RECIPES = ("cifar10_resnet18", "cifar100_resnet18", "tiny_imagenet_resnet18")
 # Official (train, test) image counts: the bench estimates epochs of data that need not be here.
 OFFICIAL_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "tiny_imagenet": (100_000, 10_000)}
@@ -70,7 +70,7 @@ def _net_label(node: DictConfig) -> str:
 def compose_experiment(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The config ``tgp-run experiment=<name> <overrides>`` would run with."""
     GlobalHydra.instance().clear()
-    from tgp.precheck import CONFIG_DIR
+    from tgp.resources import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="bench"):
         return compose(config_name="config", overrides=[f"experiment={name}", *overrides])

@@ -1,6 +1,6 @@
 """Cross-correlation (Barlow Twins form) between two representations of the same batch.
 
-Used by self-distilled pruning (SDP, METHOD.md §3): ``z_a`` are the penultimate features of the
+Used by self-distilled pruning (SDP, docs/methods.md, SDP): ``z_a`` are the penultimate features of the
 masked network, ``z_b`` those of a frozen copy of its dense weights. The formula is ours (the
 SDP paper's is not available to us); it is the Barlow Twins objective (Zbontar et al., 2021).
 """

@@ -1,6 +1,6 @@
 """Self-distillation (SD) regimes used by EPSD: targets, losses, batch samplers, score losses.
 
-Pure functions and small samplers, no Lightning. Three regimes (METHOD.md §2):
+Pure functions and small samplers, no Lightning. Three regimes (docs/methods.md, baselines):
 
 * **PS-KD** (Kim et al., ICCV 2021) — progressive self-knowledge distillation. Soft targets
   ``q_t(x) = (1 − a_t)·onehot(y) + a_t·p_{t−1}(x)``, ``p_{t−1}(x)`` the model's own softmax

@@ -1,4 +1,4 @@
-"""Iterative magnitude pruning baselines: IMP / lottery tickets, and COLT (METHOD.md §2).
+"""Iterative magnitude pruning baselines: IMP / lottery tickets, and COLT (docs/methods.md, baselines).
 
 **IMP** (Frankle & Carbin, ICLR 2019; paper = theirs). Stages in ``<run_dir>``::
 
@@ -27,7 +27,7 @@ rewinds both copies to θ₀. The final model is θ₀ ⊙ m trained on all data
 Choices that are ours (not the papers'), each a setting or written here:
 
 * Prunable weights are those of :func:`tgp.pruning.mask.prunable_parameters` (Conv2d and Linear
-  weights, minus ``pruning.exclude``), for IMP and for COLT. METHOD.md describes COLT on conv
+  weights, minus ``pruning.exclude``), for IMP and for COLT. docs/methods.md describes COLT on conv
   weights; ``pruning.exclude=[fc]`` restricts it to those. Using the same set as every other
   method keeps "measured sparsity" comparable.
 * Exact final count, IMP: the last round's global threshold targets round(s·N) over all

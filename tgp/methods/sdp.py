@@ -1,4 +1,4 @@
-"""Self-distilled pruning (SDP; O'Neill, Dutta, Assem, arXiv 2109.15014; METHOD.md §3).
+"""Self-distilled pruning (SDP; O'Neill, Dutta, Assem, arXiv 2109.15014; docs/methods.md, SDP).
 
 Idea (paper): while a network is pruned, keep the representation of its pruned version close to
 that of its unpruned version, with no separate teacher. Definition (ours, the paper's formula is

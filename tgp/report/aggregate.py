@@ -112,7 +112,9 @@ def model_label(name, width) -> str | None:
     return f"{name}-w{width}"
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from tgp.resources import config_dir
+
+CONF_DIR = config_dir()
 
 
 def standard_width(name) -> int | None:

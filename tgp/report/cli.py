@@ -24,7 +24,9 @@ from tgp.io import atomic_write_bytes
 from tgp.report.aggregate import (AUTO, aggregate, find_jobs, load_references, markdown_report, markdown_table,
                                   method_costs, write_csv)
 
-DEFAULT_REFERENCES = Path(__file__).resolve().parents[2] / "experiments" / "reference"
+from tgp.resources import reference_dir
+
+DEFAULT_REFERENCES = reference_dir()
 
 
 def build_parser() -> argparse.ArgumentParser:
