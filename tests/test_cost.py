@@ -166,6 +166,15 @@ def test_stage_flops_are_per_example_count_times_examples_seen(jobs):
     assert "train_flops" not in res["prune"] and row["train_flops_prune"] == 0  # no training step
 
 
+def test_metrics_row_records_what_the_report_needs(jobs):
+    """The report reads the method's dense stage, whether it uses a teacher and the dataset off the row."""
+    from tgp.data import dataset_name
+
+    row, _, cfg = jobs["true"]
+    assert (row["dataset"], row["dense_stage"], row["uses_teacher"]) == (dataset_name(cfg.data), "kd_pretrain", True)
+    assert row["dataset"] == "digits" and row["top1_dense_student"] is not None
+
+
 def test_early_stopped_stage_records_the_epochs_it_trained_and_their_cost(tmp_path):
     """Early stopping (no improvement of at least 1.0 in accuracy: stops after the second epoch) ends the
     teacher at 2 of its 4 epochs: the result says so, and its cost is that of the epochs trained, counted

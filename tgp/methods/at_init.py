@@ -165,10 +165,10 @@ def run_epsd(job) -> str:
 SNIP = register(MethodSpec(
     name="snip", run=run_snip, summary="|θ ⊙ ∇θ L_CE| at initialization, then train the sparse net",
     settings=SnipSettings, accepts_mask=True, stages=("init", "prune", "retrain"),
-    epochs=("retrain.epochs",), check=check_snip,
+    epochs=("retrain.epochs",), check=check_snip, color="#d62728",
 ))
 EPSD = register(MethodSpec(
     name="epsd", run=run_epsd, settings=EpsdSettings, accepts_mask=True,
     summary="SNIP-form score of a self-distillation loss near initialization, then train with that regime",
-    stages=("init", "warmup", "prune", "retrain"), epochs=("retrain.epochs",), check=check_epsd,
+    stages=("init", "warmup", "prune", "retrain"), epochs=("retrain.epochs",), check=check_epsd, color="#9467bd",
 ))
