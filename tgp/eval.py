@@ -307,7 +307,8 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
 
         names = list(mask) if mask is not None else list(prunable_parameters(net))
         cuda = dev.type == "cuda"
-        row.update(measure_speed(net, names, dm.example_input, dev, repeats or (200 if cuda else 50), batch or (256 if cuda else 64)))
+        row.update(measure_speed(net, names, dm.example_input, dev, repeats or (200 if cuda else 50),
+                                 batch or (256 if cuda else 64)))
         row["timing_note"] = _NOTE
     return row
 

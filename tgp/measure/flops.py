@@ -185,11 +185,12 @@ def nonzero_flops(total: int, layers: dict[str, int], densities: dict[str, float
 class TrainingFlops:
     """Per-example training FLOPs of one stage's training step, picklable (DDP ranks carry it).
 
-    Measured on the first example of ``example`` (a batch or a callable returning one). ``student``: forward + backward of the trained network; ``teacher``: forward of a frozen
-    network run on the same examples (a KD teacher, SDP's dense copy), counted dense;
-    ``partners``: the second half of every batch only goes forward through the student, without
-    gradients (CS-KD's class partners). ``batch(n, densities)`` is the FLOPs of one batch of
-    ``n`` examples, ``(dense, nonzero)``.
+    Measured on the first example of ``example`` (a batch or a callable returning one).
+    ``student``: forward + backward of the trained network; ``teacher``: forward of a frozen network
+    run on the same examples (a KD teacher, SDP's dense copy), counted dense; ``partners``: the
+    second half of every batch only goes forward through the student, without gradients (CS-KD's
+    class partners). ``batch(n, densities)`` is the FLOPs of one batch of ``n`` examples,
+    ``(dense, nonzero)``.
     """
 
     def __init__(self, net: nn.Module, example: ExampleInput, teacher: nn.Module | None = None,

@@ -12,9 +12,10 @@
 
 A method has the same colour in every plot: its ``color`` in the method registry, passed in as a
 ``{method: colour}`` mapping (``colors``; :func:`tgp.report.cli.method_colors` reads it); a method
-the mapping lacks (a sweep of a method since removed) gets a fixed colour from its name. Line style and marker fill say whether retraining used KD (solid and
-filled: KD; dashed and hollow: without); a sanity-check variant has its method's colour and its
-own marker. Published reference numbers (``experiments/reference/``) are dotted with squares.
+the mapping lacks (a sweep of a method since removed) gets a fixed colour from its name. Line
+style and marker fill say whether retraining used KD (solid and filled: KD; dashed and hollow:
+without); a sanity-check variant has its method's colour and its own marker. Published reference
+numbers (``experiments/reference/``) are dotted with squares.
 """
 
 from __future__ import annotations
@@ -391,5 +392,6 @@ def make_plots(groups, refs, out_dir: Path, rows: list[dict] | None = None,
     ``colors``: ``{method: colour}`` (:func:`method_color`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return [*plot_accuracy_vs_sparsity(groups, refs, out_dir, colors=colors),
-            *plot_layer_density(rows or [], out_dir, colors=colors), *plot_accuracy_vs_flops(groups, out_dir, colors=colors),
+            *plot_layer_density(rows or [], out_dir, colors=colors),
+            *plot_accuracy_vs_flops(groups, out_dir, colors=colors),
             *plot_radar(groups, refs, out_dir, colors=colors), *plot_cost(groups, out_dir, colors=colors)]
