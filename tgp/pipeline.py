@@ -11,7 +11,7 @@ The run-directory contract (users and scripts read it)::
     <run_dir>/prune/mask.pt              {param_name: bool tensor}, True = kept
     <run_dir>/prune/sparsity_report.json per-layer and global: total, kept, sparsity
     <run_dir>/student_sparse.pt          plain state_dict of the final student (zeros in place)
-    <run_dir>/metrics.json               one flat row (see tgp.report.summary.metrics_row)
+    <run_dir>/metrics.json               one flat row (see tgp.measure.summary.metrics_row)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tgp.logs import FILE_ONLY, configure_console
 from tgp.methods import get_method
 from tgp.pruning.mask import load_mask
 from tgp.pruning.threshold import check_sparsity
-from tgp.report.summary import metrics_row, summary_table
+from tgp.measure.summary import metrics_row, summary_table
 from tgp.stages import StopPipeline
 
 log = logging.getLogger("tgp")

@@ -99,6 +99,9 @@ class SelfDistillData(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.base.setup(stage)
 
+    def example_input(self, batch_size: int = 1):
+        return self.base.example_input(batch_size)
+
     @property
     def num_train(self) -> int:
         return self.base.num_train

@@ -28,14 +28,17 @@ def run_one_shot(job, score: str, teacher_guided: bool) -> str:
     return "retrain"
 
 
-def _one_shot(name: str, score: str, teacher_guided: bool, summary: str) -> MethodSpec:
+def _one_shot(name: str, score: str, teacher_guided: bool, summary: str, color: str) -> MethodSpec:
     return register(MethodSpec(
         name=name, run=lambda job: run_one_shot(job, score, teacher_guided), summary=summary,
-        uses_teacher=True, accepts_mask=True, stages=STAGES, epochs=EPOCHS, dense_stage="kd_pretrain",
+        uses_teacher=True, accepts_mask=True, stages=STAGES, epochs=EPOCHS, dense_stage="kd_pretrain", color=color,
     ))
 
 
-TGP = _one_shot("tgp", "gradient", True, "teacher-guided score |θ ⊙ ∇θ(α·CA-KLD + (1−α)·CE)| after KD pretraining")
-CE_GRAD = _one_shot("ce_grad", "gradient", False, "|θ ⊙ ∇θ CE| after the same KD pretraining (TGP's score with α = 0)")
-MAGNITUDE = _one_shot("magnitude", "magnitude", False, "global |θ| after the same KD pretraining")
-RANDOM = _one_shot("random", "random", False, "uniformly random global pruning after the same KD pretraining")
+TGP = _one_shot("tgp", "gradient", True, "teacher-guided score |θ ⊙ ∇θ(α·CA-KLD + (1−α)·CE)| after KD pretraining",
+                "#1f77b4")
+CE_GRAD = _one_shot("ce_grad", "gradient", False, "|θ ⊙ ∇θ CE| after the same KD pretraining (TGP's score with α = 0)",
+                    "#ff7f0e")
+MAGNITUDE = _one_shot("magnitude", "magnitude", False, "global |θ| after the same KD pretraining", "#2ca02c")
+RANDOM = _one_shot("random", "random", False, "uniformly random global pruning after the same KD pretraining",
+                   "#7f7f7f")

@@ -32,6 +32,7 @@ class MethodSpec:
     * ``epochs``: config paths of the epoch counts its stages train for (each must be ≥ 1).
     * ``dense_stage``: the stage whose network is the dense student of the report, if any.
     * ``check(cfg, dm)``: the method's own setting checks, run before the first stage (raise ConfigError).
+    * ``color``: the method's colour in the report's plots (a matplotlib colour; None: one from its name).
     """
 
     name: str
@@ -44,6 +45,7 @@ class MethodSpec:
     epochs: tuple[str, ...] = ()
     dense_stage: str | None = None
     check: Callable | None = None
+    color: str | None = None
     extra: dict = field(default_factory=dict)
 
     def has_stage(self, name: str) -> bool:
