@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "ImageClassificationDataModule": "tgp.data.base",
+    "ClassificationDataModule": "tgp.data.base",
+    "ImageClassificationDataModule": "tgp.data.image",
     "CIFAR10DataModule": "tgp.data.cifar",
     "CIFAR100DataModule": "tgp.data.cifar",
     "TinyImageNetDataModule": "tgp.data.tiny_imagenet",

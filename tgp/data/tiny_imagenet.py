@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tgp.data.base import ImageClassificationDataModule
+from tgp.data.image import ImageClassificationDataModule
 from tgp.data.cache_files import default_folders
 from tgp.data.image_cache import CachedImages, ensure_cache
 from tgp.data.transforms import pil_eval_transform, pil_train_transform
