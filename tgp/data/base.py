@@ -50,6 +50,12 @@ def mix_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of an epoch's training order: its first draw, ``randperm(n)``, is the order
+    (shared by :class:`EpochSampler` and the token device loader, so both serve the same batches)."""
+    return torch.Generator().manual_seed(mix_seed("order", int(seed), int(epoch)))
+
+
 class EpochSampler(Sampler):
     """A random order of ``range(n)`` per epoch that depends on ``(seed, epoch)`` only.
 
@@ -74,7 +80,7 @@ class EpochSampler(Sampler):
         epoch = self.epoch
         if not self._explicit:
             self.epoch += 1
-        gen = torch.Generator().manual_seed(mix_seed("order", self.seed, epoch))
+        gen = epoch_generator(self.seed, epoch)
         order = torch.randperm(self.n, generator=gen).tolist()
         seeds = torch.randint(0, 2**62, (self.n,), generator=gen).tolist()
         return iter(zip(order, seeds))
