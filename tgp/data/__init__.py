@@ -18,6 +18,7 @@ _WHERE = {
     "TinyImageNetDataModule": "tgp.data.tiny_imagenet",
     "DigitsDataModule": "tgp.data.digits",
     "SyntheticDataModule": "tgp.data.synthetic",
+    "TextClassificationDataModule": "tgp.data.text.datamodule",
 }
 
 __all__ = list(_WHERE)

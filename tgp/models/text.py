@@ -238,7 +238,8 @@ def pretrained_transformer(num_classes: int, in_channels: int = 3, width: int | 
                        f"HF_HUB_OFFLINE=1, or an unknown name: {type(exc).__name__}: {reason}).")
             fix = ("check the name; on a machine with network load it once to fill the Hugging Face cache (python -c "
                    f"\"from transformers import AutoModelForSequenceClassification as M; M.from_pretrained('{source}')\"), "
-                   "or set model.pretrained to a local folder written by save_pretrained.")
+                   "or set model.pretrained to a local folder written by save_pretrained (set HF_HUB_OFFLINE=1 where there is no "
+                   "network, to fail at once instead of retrying).")
         raise ConfigError("model.pretrained", source, problem, fix) from None
     tok_source = tokenizer or source
     return _wrap(hf, load_tokenizer(tok_source, "model.tokenizer"), tok_source, arch)

@@ -33,7 +33,8 @@ def load_tokenizer(source: object, setting: str = "data.tokenizer"):
                        f"HF_HUB_OFFLINE=1, or an unknown name: {type(exc).__name__}: {reason}).")
             fix = ("check the name; on a machine with network load it once to fill the Hugging Face cache "
                    f"(python -c \"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('{source}')\"), "
-                   "or set it to a local folder written by save_pretrained.")
+                   "or set it to a local folder written by save_pretrained (set HF_HUB_OFFLINE=1 where there is no "
+                   "network, to fail at once instead of retrying).")
         raise ConfigError(setting, source, problem, fix) from None
     if tokenizer.pad_token_id is None:
         raise ConfigError(setting, source, "this tokenizer has no padding token, and batches are padded per batch "
