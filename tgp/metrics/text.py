@@ -2,8 +2,8 @@
 
 Per task (GLUE's definitions, Wang et al. 2019; values are fractions in [0, 1], not percent):
 
-* CoLA: Matthews correlation ``MCC = (TP·TN − FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN))``
-  (0 when a factor of the denominator is 0).
+* CoLA: Matthews correlation ``MCC = (TP·TN − FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN))``,
+  0 when a factor of the denominator is 0 (:class:`GlueMatthewsCorrCoef`).
 * MRPC, QQP: accuracy and F1 of the positive class (paraphrase / duplicate, label 1),
   ``F1 = 2·TP / (2·TP + FP + FN)``.
 * STS-B: Pearson's ``r`` and Spearman's ``ρ`` (Pearson's ``r`` of the ranks, ties averaged) between
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 import torchmetrics
 from torch import Tensor
 from torchmetrics import classification as C
@@ -33,13 +34,26 @@ from tgp.data.text.tasks import TextTask, get_task
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 
 
+class GlueMatthewsCorrCoef(C.BinaryMatthewsCorrCoef):
+    """Binary MCC as GLUE scores it (its scorer calls scikit-learn's ``matthews_corrcoef``): 0 when a
+    factor of the denominator is 0, e.g. for a model that predicts one class for every sentence —
+    common early in CoLA fine-tuning. torchmetrics (1.9) smooths that case with an epsilon instead
+    (Chicco & Jurman) and reports e.g. 0.18 for a constant predictor, which GLUE would score 0."""
+
+    def compute(self) -> Tensor:
+        tn, fp, fn, tp = self.confmat.double().reshape(-1)
+        denominator = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+        mcc = (tp * tn - fp * fn) / denominator.clamp_min(1).sqrt()
+        return torch.where(denominator > 0, mcc, torch.zeros_like(mcc)).float()
+
+
 def _metric(name: str, num_classes: int) -> torchmetrics.Metric:
     if name == "accuracy":
         return C.MulticlassAccuracy(num_classes=num_classes, average="micro")
     if name == "f1":
         return C.BinaryF1Score()
     if name == "mcc":
-        return C.BinaryMatthewsCorrCoef()
+        return GlueMatthewsCorrCoef()
     if name == "pearson":
         return R.PearsonCorrCoef()
     if name == "spearman":

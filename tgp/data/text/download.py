@@ -80,6 +80,7 @@ def rows_to_examples(rows: Iterable[Mapping], spec: HubFile, label_name: Callabl
 
 def download_task(task: TextTask, root: str) -> str:
     """Fetch ``task`` and write its files under ``task.folder_path(root)``; returns that folder."""
+    files = hub_files(task)
     try:
         import datasets
     except ImportError:
@@ -88,7 +89,7 @@ def download_task(task: TextTask, root: str) -> str:
                           "pip install 'tgp[hub]' (or pip install datasets) on a machine with network, or set "
                           "data.download=false and place the official files under data.root.") from None
     folder = task.folder_path(root)
-    for spec in hub_files(task):
+    for spec in files:
         path = os.path.join(folder, spec.path)
         if os.path.isfile(path):
             continue
