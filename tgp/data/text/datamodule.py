@@ -45,8 +45,6 @@ class TextClassificationDataModule(ClassificationDataModule):
       (``<task folder>/.tgp_cache``) or in ``cache_dir``; ``cache=false`` tokenizes in memory.
     """
 
-    device_path_note = "the text tasks and the uint8 image datasets"
-
     def __init__(self, task: str, tokenizer: str, *args, max_length: int = 128, languages=None,
                  eval_split: str = "dev", cache: bool = True, cache_dir: str | None = None, **kwargs):
         self.task: TextTask = get_task(task)
