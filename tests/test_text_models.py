@@ -16,7 +16,7 @@ from tgp.data import TextClassificationDataModule
 from tgp.data.text.generated import train_wordpiece
 from tgp.errors import ConfigError
 from tgp.models import build_model
-from tgp.models.text import TextClassifier, check_sequence_fits
+from tgp.models.text import TextClassifier, check_data_fits, check_sequence_fits
 from tgp.pruning import MaskEnforcer, apply_mask, global_threshold, magnitude_scores, prunable_parameters
 
 PAIRS = [("the red cat chases the small dog", "the small dog is chased by the red cat"),
@@ -193,6 +193,16 @@ def test_tokenizer_that_does_not_match_the_model_is_refused(tmp_path, roleswap, 
     msg = str(info.value)
     assert msg.startswith("model.tokenizer=") and f"{len(tok)} tokens" in msg
     assert f"{net.transformer.get_input_embeddings().num_embeddings} rows" in msg and "\n" not in msg
+
+
+def test_data_with_another_tokenizer_than_the_model_is_refused(tmp_path, roleswap):
+    small = train_wordpiece(["ab ba", "aab"], str(tmp_path / "small_tokenizer"), vocab_size=40)
+    dm = TextClassificationDataModule("roleswap", roleswap["tokenizer"], root=roleswap["root"])
+    check_data_fits(build_model("bert_tiny", 2, tokenizer=roleswap["tokenizer"]), dm)  # the same tokenizer: fine
+    with pytest.raises(ConfigError) as info:
+        check_data_fits(build_model("bert_tiny", 2, tokenizer=small), dm)
+    msg = str(info.value)
+    assert msg.startswith("data.tokenizer=") and "embedding has" in msg and "\n" not in msg
 
 
 def test_bad_checkpoints_and_settings_are_one_paragraph(tmp_path, roleswap):

@@ -189,6 +189,19 @@ def check_sequence_fits(model: TextClassifier, max_length: int, setting: str = "
                           f"{model.max_length} position embeddings.", f"set {setting} to at most {model.max_length}.")
 
 
+def check_data_fits(model: TextClassifier, datamodule) -> None:
+    """The model can read the datamodule's batches: its tokenizer's ids fit the embedding, it pads
+    with the model's pad id (from which the model derives its attention mask) and its rows fit the
+    position embeddings. A :class:`ConfigError` naming the data setting otherwise (e.g. a
+    ``data.tokenizer`` overridden away from ``model.tokenizer``)."""
+    check_tokenizer_fits(model.transformer, datamodule.tokenizer, datamodule.tokenizer_source, "data.tokenizer")
+    if int(datamodule.pad_id) != model.pad_id:
+        raise ConfigError("data.tokenizer", datamodule.tokenizer_source, f"the data is padded with id "
+                          f"{datamodule.pad_id} but the model reads id {model.pad_id} as padding (its own tokenizer's).",
+                          "use one tokenizer for both: leave data.tokenizer at ${model.tokenizer}.")
+    check_sequence_fits(model, datamodule.max_length)
+
+
 # ------------------------------------------------------------------ constructors
 def _wrap(hf_model: nn.Module, tokenizer, tokenizer_source: object, arch: str) -> TextClassifier:
     from tgp.data.text.tokenizer import uses_segment_ids
