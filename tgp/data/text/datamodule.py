@@ -71,6 +71,7 @@ class TextClassificationDataModule(ClassificationDataModule):
         self.collate_fn = PadCollate(self.pad_id, self.task.regression)
         self.cache_builds: dict[str, float] = {}  # file -> seconds, for the caches this module built
         self.test_groups: dict[str, np.ndarray] = {}  # group -> positions in the test split
+        self._raw_groups: dict[str, tuple[int, int]] = {}  # group -> its rows [start, stop) in the raw test set
 
     def _checked_languages(self, languages) -> tuple[str, ...]:
         groups = tuple(self.task.tests)
@@ -158,7 +159,7 @@ class TextClassificationDataModule(ClassificationDataModule):
         fingerprint = tokenizer_fingerprint(self.tokenizer)
         train = self._tokenized(train_path, self.task.train_layout, fingerprint)
         parts, start = [], 0
-        self._raw_groups: dict[str, tuple[int, int]] = {}
+        self._raw_groups = {}
         for group, path in test_paths.items():
             part = self._tokenized(path, self.task.test_layout, fingerprint)
             parts.append(part)
