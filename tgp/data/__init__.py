@@ -15,12 +15,14 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "ImageClassificationDataModule": "tgp.data.base",
+    "ClassificationDataModule": "tgp.data.base",
+    "ImageClassificationDataModule": "tgp.data.image",
     "CIFAR10DataModule": "tgp.data.cifar",
     "CIFAR100DataModule": "tgp.data.cifar",
     "TinyImageNetDataModule": "tgp.data.tiny_imagenet",
     "DigitsDataModule": "tgp.data.digits",
     "SyntheticDataModule": "tgp.data.synthetic",
+    "TextClassificationDataModule": "tgp.data.text.datamodule",
 }
 
 __all__ = [*_WHERE, "dataset_name"]

@@ -6,7 +6,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from tgp.data.base import ImageClassificationDataModule, TransformedSubset
+from tgp.data.image import ImageClassificationDataModule, TransformedSubset
 from tgp.data.samplers import ClassPairBatchSampler, DLBBatchSampler
 from tgp.distill.self_distill import check_regime
 from tgp.errors import ConfigError
