@@ -153,13 +153,6 @@ class ClassificationDataModule(L.LightningDataModule):
         self.val_indices: np.ndarray | None = None
         self.test_indices: np.ndarray | None = None
 
-    # ----------------------------------------------------------------- the model's input format
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        """A batch in the model's input format: float zeros ``(batch_size, in_channels, image_size,
-        image_size)``. What FLOPs, effective sparsity and timings are measured on, instead of shapes
-        written out by hand (another modality's datamodule returns its own, e.g. token ids ``(B, L)``)."""
-        return torch.zeros(int(batch_size), int(self.in_channels), int(self.image_size), int(self.image_size))
-
     # ----------------------------------------------------------------- subclass hooks
     def _load_raw(self) -> tuple[Dataset, Dataset]:
         """Return ``(full_train, test)``, items ``(raw_x, label)``.
