@@ -58,7 +58,12 @@ def test_one_dataset_name_from_the_datamodule_class(data, tmp_path):
     from tgp.naming import run_name
 
     cfg = compose_cfg([f"data={data}"], tmp_path)
-    assert dataset_name(cfg.data) == get_class(cfg.data._target_).name == data
+    cls = get_class(cfg.data._target_)
+    expected = cfg.data.task if "task" in cfg.data else data  # a text datamodule is named after its task
+    assert dataset_name(cfg.data) == cls.dataset_name_of(cfg.data) == expected
+    if "task" not in cfg.data:
+        assert cls.name == data
+    data = expected
     assert f"-{data}-" in run_name(cfg)
     assert dataset_name({"_target_": "tgp.data.NoSuchDataModule"}) is None and dataset_name({}) is None
 

@@ -38,8 +38,13 @@ def dataset_name(data_cfg) -> str | None:
     from hydra.utils import get_class
 
     try:
-        name = getattr(get_class(str(target)), "name", None)
+        cls = get_class(str(target))
     except (ImportError, AttributeError, ValueError):
+        return None
+    reader = getattr(cls, "dataset_name_of", None)
+    try:
+        name = reader(data_cfg) if reader is not None else getattr(cls, "name", None)
+    except Exception:  # noqa: BLE001 - a config this version cannot read (e.g. an unknown task): no name
         return None
     return str(name) if name else None
 

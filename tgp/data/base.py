@@ -170,6 +170,13 @@ class ClassificationDataModule(L.LightningDataModule):
         """A batch in the model's input format (what FLOPs, effective sparsity and timings are measured on)."""
         raise NotImplementedError
 
+    @classmethod
+    def dataset_name_of(cls, data_cfg) -> str:
+        """The ``name`` an instance built from the config node ``data_cfg`` has, without building it
+        (run names, the report's failed jobs): the class's ``name``; a datamodule whose name depends on
+        a setting (a text task) overrides this."""
+        return cls.name
+
     def _device_loader(self, split: str, device: torch.device | str | None = None, *, trainer=None, **kw):
         """``split`` served from the training device (the ``data.loader=device`` path)."""
         raise NotImplementedError

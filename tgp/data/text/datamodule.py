@@ -45,6 +45,11 @@ class TextClassificationDataModule(ClassificationDataModule):
       (``<task folder>/.tgp_cache``) or in ``cache_dir``; ``cache=false`` tokenizes in memory.
     """
 
+    @classmethod
+    def dataset_name_of(cls, data_cfg) -> str:
+        """The task's key (``cola``, ``mnli``, ``xnli``, ...): what ``self.name`` is once built."""
+        return get_task(data_cfg.get("task")).key
+
     def __init__(self, task: str, tokenizer: str, *args, max_length: int = 128, languages=None,
                  eval_split: str = "dev", cache: bool = True, cache_dir: str | None = None, **kwargs):
         self.task: TextTask = get_task(task)
