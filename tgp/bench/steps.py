@@ -150,7 +150,7 @@ class Bench:
         self.ce = DistillationLoss(kd_weight=0.0)
         self.sparsity = float(cfg.pruning.sparsity)
         self.mask = {k: m.to(device) for k, m in
-                     global_threshold(magnitude_scores(prunable_parameters(self.student)), self.sparsity).items()}
+                     global_threshold(magnitude_scores(self.student, prunable_parameters(self.student)), self.sparsity).items()}
         gen = torch.Generator().manual_seed(seed)
         shape = (recipe.batch, recipe.channels, recipe.image, recipe.image)
         self.x = torch.randn(shape, generator=gen).to(device).contiguous(memory_format=self.fmt)
