@@ -140,7 +140,7 @@ def test_mask_file_that_does_not_fit(cli, tmp_path):
     from tgp.pruning import global_threshold, magnitude_scores, save_mask
 
     other = build_model("resnet20", num_classes=10, in_channels=1, width=16)
-    save_mask(global_threshold(magnitude_scores(prunable_parameters(other)), 0.5), tmp_path / "other.pt")
+    save_mask(global_threshold(magnitude_scores(other, prunable_parameters(other)), 0.5), tmp_path / "other.pt")
     assert_clean_error(cli(["experiment=smoke", f"pruning.mask={tmp_path}/other.pt"], check=False), "other.pt", "shape")
 
 
