@@ -98,8 +98,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 print(message, file=sys.stderr, flush=True)
                 _remove_if_empty(run_dir)
                 sys.exit(e.exit_code)
-            # A multirun job's record; its folder holds no finished run (that job was skipped above).
+            # A multirun job's record (error.txt, and a failed W&B run with logger=wandb); its folder holds
+            # no finished run (that job was skipped above).
+            from tgp.logging_wandb import wandb_job
+
             _record_failure(run_dir, message)
+            with wandb_job(cfg, run_dir) as outcome:
+                outcome["error"] = message
             log.error("job refused, sweep continues: %s", e)
             return None
     write_hydra_files(cfg, run_dir)
