@@ -225,6 +225,33 @@ if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
 
 
+def test_one_shot_and_accepts_mask_are_separate_properties(smoke, tmp_path):
+    """``one_shot`` decides pruning.sanity / keep_class_rows, ``accepts_mask`` decides pruning.mask."""
+    import dataclasses
+
+    from tgp.checks.job import check_keep_class_rows, check_mask, check_sanity
+    from tgp.methods import get_method
+    from tgp.pruning.mask import prunable_parameters, save_mask
+
+    compose, student = smoke
+    cfg = compose()
+    save_mask({n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(student).items()},
+              tmp_path / "m.pt")
+    masked, sanity, rows = (with_(cfg, pruning__mask=str(tmp_path / "m.pt")), with_(cfg, pruning__sanity="invert"),
+                            with_(cfg, pruning__keep_class_rows=True))
+    takes_mask_only = dataclasses.replace(get_method("tgp"), name="mask_only", one_shot=False)
+    check_mask(masked, takes_mask_only, student)
+    with pytest.raises(ConfigError, match=r"^pruning.sanity='invert': method mask_only does not prune in one shot"):
+        check_sanity(sanity, takes_mask_only)
+    with pytest.raises(ConfigError, match=r"^pruning.keep_class_rows=True: method mask_only makes its masks"):
+        check_keep_class_rows(rows, takes_mask_only)
+    one_shot_only = dataclasses.replace(get_method("tgp"), name="own_mask", accepts_mask=False)
+    check_sanity(sanity, one_shot_only)
+    check_keep_class_rows(rows, one_shot_only)
+    with pytest.raises(ConfigError, match=r"^pruning.mask='[^']*m.pt': method own_mask computes its own masks"):
+        check_mask(masked, one_shot_only, student)
+
+
 # -- refusals are sentences: exit 2, the first line says it, no traceback on the console ---------------
 def first_line(proc) -> str:
     """The console's first line (stderr): a refusal is one paragraph, so this is all of it."""
