@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# Tests never download: the Hugging Face clients (imported later, and by every CLI subprocess, which
+# inherits the environment) resolve hub names from the local cache only, and fail at once otherwise.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -48,3 +52,13 @@ def read_json(path: Path):
 @pytest.fixture
 def cli(tmp_path):
     return lambda args, **kw: run_cli(args, tmp_path, **kw)
+
+
+@pytest.fixture(scope="session")
+def roleswap(tmp_path_factory):
+    """The generated roleswap task and its WordPiece tokenizer folder, written once per session
+    (``{"root", "folder", "tokenizer", "train", "dev"}``)."""
+    from tgp.data.text.generated import write_roleswap
+
+    root = tmp_path_factory.mktemp("roleswap")
+    return {"root": str(root), **write_roleswap(root, n_train=240, n_dev=60, seed=0)}

@@ -27,7 +27,11 @@ def test_every_option_of_every_group_composes(group, tmp_path):
         compose_cfg([f"{group}={option}"], tmp_path)
 
 
-@pytest.mark.parametrize("model", names("model"))
+# Image models; the Transformers (a tokenizer in their config) are instantiated in test_text_models.py.
+IMAGE_MODELS = [m for m in names("model") if "tokenizer" not in OmegaConf.load(CONF / "model" / f"{m}.yaml")]
+
+
+@pytest.mark.parametrize("model", IMAGE_MODELS)
 def test_model_configs_instantiate_for_the_default_data(model, tmp_path):
     cfg = compose_cfg([f"model={model}", "model.width=8"], tmp_path)
     net = instantiate(cfg.model, num_classes=10, in_channels=1)
@@ -39,6 +43,24 @@ def test_smoke_experiment_instantiates_its_datamodule(tmp_path):
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape[1:] == (1, 8, 8) and y.dtype.is_floating_point is False
+    # what FLOPs and effective sparsity are measured on: a batch in the loader's format
+    example = dm.example_input(4)
+    assert example.shape == (4, *x.shape[1:]) and example.dtype == x.dtype
+
+
+@pytest.mark.parametrize("data", names("data"))
+def test_one_dataset_name_from_the_datamodule_class(data, tmp_path):
+    """The run name, the metrics row (dm.name) and the report's failed jobs (dataset_name of the config)
+    name a dataset alike: by its datamodule class's ``name``."""
+    from hydra.utils import get_class
+
+    from tgp.data import dataset_name
+    from tgp.naming import run_name
+
+    cfg = compose_cfg([f"data={data}"], tmp_path)
+    assert dataset_name(cfg.data) == get_class(cfg.data._target_).name == data
+    assert f"-{data}-" in run_name(cfg)
+    assert dataset_name({"_target_": "tgp.data.NoSuchDataModule"}) is None and dataset_name({}) is None
 
 
 def test_cli_help_and_cfg_job():

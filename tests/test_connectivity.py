@@ -1,4 +1,4 @@
-"""Effective sparsity (tgp.report.connectivity), layer collapse (sparsity_report, its warning),
+"""Effective sparsity (tgp.measure.connectivity), layer collapse (sparsity_report, its warning),
 pruning.keep_class_rows (global_threshold's keep_rows) and OneShotPruning(invert=True)."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from tgp.models import build_model
 from tgp.pruning.callbacks import OneShotPruning
 from tgp.pruning.mask import prunable_parameters, sparsity_report, warn_layer_collapse
 from tgp.pruning.threshold import global_threshold
-from tgp.report.connectivity import effective_mask, effective_metrics, effective_sparsity
-from tgp.report.flops import flops
+from tgp.measure.connectivity import effective_mask, effective_metrics, effective_sparsity
+from tgp.measure.flops import flops
 
 
 def _tiny_net(c_in=1, c_mid=2, c_out=2, classes=2):
@@ -37,14 +37,14 @@ def test_disconnected_paths_by_hand():
     mask = _ones(net)
     mask["0.weight"][0] = False  # conv1 channel 0 emptied: conv2's weights reading it are dead
     mask["7.weight"][:, 1] = False  # no classifier weight reads conv2's channel 1: its kernels are dead
-    eff = effective_mask(net, mask, (1, 4, 4))  # 4x4: every 3x3 tap sees real pixels somewhere
+    eff = effective_mask(net, mask, torch.zeros(1, 1, 4, 4))  # 4x4: every 3x3 tap sees real pixels somewhere
     assert eff["0.weight"][1].all() and not eff["0.weight"][0].any()  # 9 effective
     expected_conv2 = torch.zeros(2, 2, 3, 3, dtype=torch.bool)
     expected_conv2[0, 1] = True  # out 0 (reaches the output) reading channel 1 (reached from the input)
     assert torch.equal(eff["3.weight"], expected_conv2)  # 9 effective
     assert torch.equal(eff["7.weight"], torch.tensor([[True, False], [True, False]]))  # 2 effective
     total = 18 + 36 + 4
-    assert effective_sparsity(net, mask, (1, 4, 4)) == pytest.approx(1 - (9 + 9 + 2) / total)
+    assert effective_sparsity(net, mask, torch.zeros(1, 1, 4, 4)) == pytest.approx(1 - (9 + 9 + 2) / total)
     # the plain sparsity counts 9 + 18 + 2 removed only
     assert sparsity_report(mask)["prunable"]["kept"] == 9 + 36 + 2
 
@@ -52,13 +52,13 @@ def test_disconnected_paths_by_hand():
 def test_one_pixel_input_only_the_centre_tap_is_effective():
     net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(3, 2))
-    eff = effective_mask(net, None, (2, 1, 1))  # None: the dense net
+    eff = effective_mask(net, None, torch.zeros(1, 2, 1, 1))  # None: the dense net
     centre = torch.zeros(3, 2, 3, 3, dtype=torch.bool)
     centre[:, :, 1, 1] = True
     assert torch.equal(eff["0.weight"], centre) and eff["4.weight"].all()
-    assert effective_sparsity(net, None, (1, 2, 1, 1)) == pytest.approx(48 / 60)  # 8/9 of each kernel
+    assert effective_sparsity(net, None, torch.zeros(1, 2, 1, 1)) == pytest.approx(48 / 60)  # 8/9 of each kernel
     # at 3x3 every tap is used by some output position
-    assert effective_sparsity(net, None, (2, 3, 3)) == 0.0
+    assert effective_sparsity(net, None, torch.zeros(1, 2, 3, 3)) == 0.0
 
 
 def test_agrees_with_the_plain_float64_gradient_on_random_masks():
@@ -77,7 +77,7 @@ def test_agrees_with_the_plain_float64_gradient_on_random_masks():
         ref(torch.ones(1, 3, 5, 5, dtype=torch.float64)).sum().backward()
         grads = dict(ref.named_parameters())
         expected = {n: m & (grads[n].grad > 0) for n, m in mask.items()}
-        got = effective_mask(net, mask, (3, 5, 5))
+        got = effective_mask(net, mask, torch.zeros(1, 3, 5, 5))
         assert all(torch.equal(got[n], expected[n]) for n in mask)
 
 
@@ -92,11 +92,11 @@ def test_resnet18_tiny_at_8px_has_the_dead_last_stage():
     n = {k: params[f"layers.3.{k}.weight"].numel() for k in ("0.conv1", "0.conv2", "1.conv1", "1.conv2")}
     dead = n["0.conv1"] * 5 // 9 + (n["0.conv2"] + n["1.conv1"] + n["1.conv2"]) * 8 // 9
     assert (dead, total) == (108_544, 175_048)
-    eff = effective_mask(net, None, (1, 8, 8))
+    eff = effective_mask(net, None, torch.zeros(1, 1, 8, 8))
     assert sum(int((~m).sum()) for m in eff.values()) == dead  # 62.0 %
-    assert effective_sparsity(net, None, (1, 32, 32)) == 0.0
+    assert effective_sparsity(net, None, torch.zeros(1, 1, 32, 32)) == 0.0
     # resnet20_tiny: three stages, 8 -> 4 -> 2, no 1x1 map
-    assert effective_sparsity(build_model("resnet20", 10, 1, 8), None, (1, 8, 8)) == 0.0
+    assert effective_sparsity(build_model("resnet20", 10, 1, 8), None, torch.zeros(1, 1, 8, 8)) == 0.0
 
 
 def test_effective_metrics_of_a_pruned_net():
@@ -108,13 +108,23 @@ def test_effective_metrics_of_a_pruned_net():
         for n, m in mask.items():
             params[n].mul_(m)
     before = {n: p.detach().clone() for n, p in net.state_dict().items()}
-    row = effective_metrics(net, mask, (3, 8, 8))
+    row = effective_metrics(net, mask, torch.zeros(1, 3, 8, 8))
     measured = 1 - sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
     assert row["effective_sparsity_dense"] == 0.0
     assert measured <= row["effective_sparsity"] < 1
-    assert row["flops_effective"] <= flops(net, (3, 8, 8))[1]
+    assert row["flops_effective"] <= flops(net, torch.zeros(1, 3, 8, 8))[1]
     assert all(torch.equal(before[n], p) for n, p in net.state_dict().items())  # the net is untouched
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_integer_inputs_are_not_analyzed_none_instead_of_an_error():
+    """Reachability travels through the input's values: token ids (integers) have none to send, so the
+    connectivity fields are None rather than a wrong number or an error."""
+    net = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(8 * 6, 4))
+    ids = torch.randint(0, 50, (2, 6))
+    assert effective_mask(net, None, ids) is None and effective_sparsity(net, None, ids) is None
+    assert effective_metrics(net, None, ids) == {"effective_sparsity": None, "effective_sparsity_dense": None,
+                                                 "flops_effective": None}
 
 
 # -- layer collapse and keep_class_rows --------------------------------------------------------

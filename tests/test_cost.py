@@ -16,11 +16,13 @@ from conftest import compose_cfg, read_json
 from tgp.models import build_model
 from tgp.pipeline import run_pipeline
 from tgp.pruning.mask import load_mask
-from tgp.report.cost import cost_by_method, cost_table_markdown, job_cost_fields, stage_costs, sweep_total
-from tgp.report.flops import training_flops_per_example
+from tgp.measure.cost import job_cost_fields
+from tgp.measure.flops import training_flops_per_example
+from tgp.report.cost import cost_by_method, cost_table_markdown, stage_costs, sweep_total
 
 SMOKE = ["experiment=smoke", "pruning.sparsity=0.9", "logger=none", "data.limit_test=32", "trainer.limit_val_batches=1"]
 SHAPE = (1, 8, 8)  # digits
+EXAMPLE = torch.zeros(1, *SHAPE)  # the example input the digits datamodule gives
 EXAMPLES = 3 * 32  # trainer.limit_train_batches=3 full batches of data.batch_size=32 (drop_last) per epoch
 
 
@@ -60,8 +62,8 @@ def test_per_example_flops_match_flop_counter_teacher_adds_its_forward_and_masks
     fwd, _ = counted(student, backward=False)
     assert 2 * fwd < fb < 3 * fwd  # measured: the first layer computes no input gradient
     t_fwd, _ = counted(teacher, backward=False)
-    assert training_flops_per_example(student, SHAPE) == (fb, fb)
-    assert training_flops_per_example(student, SHAPE, teacher=teacher) == (fb + t_fwd, fb + t_fwd)
+    assert training_flops_per_example(student, EXAMPLE) == (fb, fb)
+    assert training_flops_per_example(student, EXAMPLE, teacher=teacher) == (fb + t_fwd, fb + t_fwd)
     # Half of every Conv2d/Linear kept: all counted work is in those layers, so half the FLOPs.
     g = torch.Generator().manual_seed(0)
     mask = {}
@@ -70,9 +72,58 @@ def test_per_example_flops_match_flop_counter_teacher_adds_its_forward_and_masks
             keep = torch.zeros(p.numel(), dtype=torch.bool)
             keep[torch.randperm(p.numel(), generator=g)[: p.numel() // 2]] = True
             mask[n] = keep.view_as(p)
-    dense, nonzero = training_flops_per_example(student, SHAPE, teacher=teacher, mask=mask)
+    dense, nonzero = training_flops_per_example(student, EXAMPLE, teacher=teacher, mask=mask)
     assert dense == fb + t_fwd and nonzero == masked(fb, layers, mask) + t_fwd < dense
     assert abs((nonzero - t_fwd) - fb / 2) <= 0.01 * fb
+
+
+def test_each_module_says_what_runs_per_training_example():
+    """The modules' training_flops hooks against independent counts: the teacher only under a KD loss,
+    SDP's dense copy (its features, no classifier) only with the cross-correlation term, CS-KD's
+    partner half forward only."""
+    from tgp.data import DigitsDataModule
+    from tgp.distill.losses import DistillationLoss
+    from tgp.lit import ClassifierModule
+    from tgp.lit.gradual import SelfDistilledPruningModule
+    from tgp.lit.self_distill import SelfDistillModule
+
+    torch.manual_seed(0)
+    example = DigitsDataModule(batch_size=8).example_input  # what Training.fit counts on
+    assert example(3).shape == (3, *SHAPE) and example().dtype == torch.float32 and not example().any()
+    student, teacher = build_model("resnet20", num_classes=10, in_channels=1, width=8), \
+        build_model("resnet20", num_classes=10, in_channels=1, width=16)
+    fb, _ = counted(student, backward=True)
+    fwd, _ = counted(student, backward=False)
+    t_fwd, _ = counted(teacher, backward=False)
+    with FlopCounterMode(display=False) as c, torch.no_grad():
+        copy.deepcopy(teacher).eval().forward_features(EXAMPLE)
+    features = c.get_total_flops()
+    assert 0 < features < t_fwd  # the dense copy's features: all but its classifier
+    kd = ClassifierModule(student, DistillationLoss(kd_weight=0.5, confidence="batch"), teacher=teacher)
+    ce = ClassifierModule(student, DistillationLoss(kd_weight=0.0), teacher=teacher)
+    assert kd.training_flops(example).per_example() == (fb + t_fwd, fb + t_fwd)
+    assert ce.training_flops(example).per_example() == (fb, fb)  # a teacher the loss does not use
+    for cc, extra in ((0.5, features), (0.0, 0)):
+        sdp = SelfDistilledPruningModule(student, dense=teacher, cc_weight=cc, off_diagonal_weight=0.005)
+        assert sdp.training_flops(example).per_example() == (fb + extra, fb + extra)
+    cskd = SelfDistillModule(student, regime="cskd", num_train=16).training_flops(example)
+    assert cskd.batch(8) == (4 * fb + 4 * fwd, 4 * fb + 4 * fwd)
+    pskd = SelfDistillModule(student, regime="pskd", num_train=16).training_flops(example)
+    assert pskd.batch(8) == (8 * fb, 8 * fb)
+
+
+def test_flops_of_integer_token_inputs_keep_their_dtype():
+    """A text-shaped model (token ids -> embedding -> linear): FLOPs counted on the integer ids themselves
+    (embedding lookups are no multiply-adds; the linear layer: 2·in·out forward, its weight and input
+    gradients as much again each)."""
+    from tgp.measure.flops import flops
+
+    net = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(8 * 6, 4))
+    ids = torch.randint(0, 50, (5, 6))
+    linear = 2 * 8 * 6 * 4
+    assert flops(net, ids) == (linear, linear)
+    assert training_flops_per_example(net, ids) == (3 * linear, 3 * linear)
+    assert training_flops_per_example(net, lambda: ids) == (3 * linear, 3 * linear)  # a callable too
 
 
 # -- two smoke jobs sharing teacher, KD pretraining and pruning ---------------------------------------
@@ -113,6 +164,15 @@ def test_stage_flops_are_per_example_count_times_examples_seen(jobs):
     # Retraining with CE: no teacher forward.
     assert ce["train_flops_dense"] == EXAMPLES * s_fb and ce["train_flops"] == EXAMPLES * masked(s_fb, s_layers, mask)
     assert "train_flops" not in res["prune"] and row["train_flops_prune"] == 0  # no training step
+
+
+def test_metrics_row_records_what_the_report_needs(jobs):
+    """The report reads the method's dense stage, whether it uses a teacher and the dataset off the row."""
+    from tgp.data import dataset_name
+
+    row, _, cfg = jobs["true"]
+    assert (row["dataset"], row["dense_stage"], row["uses_teacher"]) == (dataset_name(cfg.data), "kd_pretrain", True)
+    assert row["dataset"] == "digits" and row["top1_dense_student"] is not None
 
 
 def test_early_stopped_stage_records_the_epochs_it_trained_and_their_cost(tmp_path):

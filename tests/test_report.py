@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tgp.report.aggregate import aggregate, find_jobs, load_references
+from tgp.report.aggregate import aggregate
+from tgp.report.jobs import find_jobs
+from tgp.report.references import load_references
 from tgp.report.cli import main as report_main
 from tgp.report.cli import run_report
 
@@ -174,7 +176,7 @@ STAGE_FLOPS = {"teacher": 100.0, "kd_pretrain": 50.0, "prune": 1.0, "retrain": 2
 def _rich_job(root: Path, method: str, seed: int, sparsity: float, acc: float, sanity=None, width=8) -> Path:
     name = f"{method}{'-' + sanity if sanity else ''}-s{sparsity}-seed{seed}"
     folder = _job(root, name, method=method, sanity=sanity, dataset="cifar10", model="resnet18", teacher="resnet18",
-                  seed=seed, target_sparsity=sparsity, measured_sparsity=sparsity,
+                  uses_teacher=True, dense_stage="kd_pretrain", seed=seed, target_sparsity=sparsity, measured_sparsity=sparsity,
                   effective_sparsity=sparsity + 0.01, top1_best_val=acc, top1_last=acc - 0.01,
                   top1_teacher=TEACHER[seed], top1_dense_student=DENSE[seed], cost_device="cpu",
                   # teacher and kd_pretrain are shared by every job of a seed; prune and retrain are the job's own
@@ -289,10 +291,16 @@ def test_report_reference_option_and_plots(rich_sweep, tmp_path, capsys):
 
 
 def test_plot_helpers_fixed_colours_styles_and_layer_densities(rich_sweep):
-    from tgp.report.plots import layer_densities, method_color, pareto_front, style
+    from tgp.report.cli import method_colors
+    from tgp.report.plots import _SPARE_COLORS, layer_densities, method_color, pareto_front, style
 
+    colors = method_colors()  # the registry's: one per method, all different
+    assert {"tgp", "magnitude", "snip", "epsd", "imp", "colt", "sdp"} <= set(colors)
+    assert len(set(colors.values())) == len(colors)
+    assert method_color("tgp", colors) == colors["tgp"] == style("tgp", False, "reinit", colors)["color"]
     assert method_color("tgp") == style("tgp", True)["color"] == style("tgp", False, "reinit")["color"]
-    assert method_color("some_new_method") == method_color("some_new_method")
+    # a method the mapping lacks (an old sweep): a fixed spare colour from its name
+    assert method_color("some_new_method", colors) == method_color("some_new_method") in _SPARE_COLORS
     assert style("tgp", True)["linestyle"] == "-" and style("tgp", False)["linestyle"] == "--"
     assert style("tgp", True, "layer_shuffle")["marker"] != style("tgp", True)["marker"]
     dens = layer_densities(find_jobs(rich_sweep).ok)
@@ -325,3 +333,29 @@ def test_report_wandb_logs_the_intervals_and_plots(rich_sweep, tmp_path, monkeyp
     assert by[("teacher resnet18-w16", 0.0)]["kind"] == "teacher"
     assert by[("tgp", 0.5)]["top1_best_val_ci_lo"] == pytest.approx(
         0.8 - 4.302652729911275 * 0.02 / math.sqrt(3))
+
+
+def test_rows_without_method_fields_aggregate_as_before_them():
+    """Rows written before metrics.json recorded uses_teacher and dense_stage: a row that names a teacher
+    is a teacher method (its ±KD variants), its dense student's stage unnamed; a row's own fields win."""
+    base = {"dataset": "digits", "model": "resnet20", "seed": 0, "target_sparsity": 0.5, "top1_best_val": 0.9,
+            "top1_last": 0.9}
+    rows = [{**base, "method": "tgp", "teacher": "resnet20", "retrain_kd": True, "top1_dense_student": 0.95},
+            {**base, "method": "snip", "teacher": None, "retrain_kd": False},
+            {**base, "method": "sdp", "uses_teacher": False, "dense_stage": "dense", "top1_dense_student": 0.93}]
+    groups = aggregate(rows, reference=None)
+    assert {g["variant"] for g in groups if g["kind"] == "method"} == {"tgp (KD)", "snip", "sdp"}
+    assert {g["label"] for g in groups if g["kind"] == "dense"} == {"dense student", "dense student (dense)"}
+
+
+def test_the_report_imports_nothing_that_trains(sweep, tmp_path):
+    """tgp.report reads rows: a whole report (failed jobs, plots with their colours given) imports none of
+    the modules that run methods or train, and the method registry only for the colours."""
+    forbidden = ("tgp.methods", "tgp.lit", "tgp.training", "tgp.blocks", "tgp.pipeline")
+    code = (f"import sys; from tgp.report.cli import run_report; "
+            f"run_report({str(sweep)!r}, {str(tmp_path / 'r')!r}, references='none', colors={{}}); "
+            f"print(sorted(m for m in sys.modules if m.startswith({forbidden!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.png"))  # the plots were drawn

@@ -27,7 +27,7 @@ from tgp.pruning.mask import (
 )
 from tgp.pruning.sanity import RANDOM_VARIANTS, REINIT_SEED_OFFSET, SEED_OFFSET, layer_shuffle, random_variant_mask
 from tgp.stages import StageKind
-from tgp.training import load_net_weights
+from tgp.training.weights import load_net_weights
 
 log = logging.getLogger("tgp")
 

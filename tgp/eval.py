@@ -2,9 +2,10 @@
 
 What it evaluates (positional, or the config's ``ckpt_path=``):
 
-* a **run directory** (``outputs/runs/<name>``): its ``config.yaml``, ``student_sparse.pt`` and
-  its final mask ``mask.pt`` (in a run folder written before that file: ``prune/mask.pt``). ``key=value`` arguments change settings of that resolved
-  config (e.g. ``data.root=/data``); config groups cannot be swapped there.
+* a **run directory** (``outputs/runs/<name>``): its ``config.yaml``, ``student_sparse.pt`` and its
+  final mask ``mask.pt`` (in a run folder written before that file: ``prune/mask.pt``). ``key=value``
+  arguments change settings of that resolved config (e.g. ``data.root=/data``); config groups cannot
+  be swapped there.
 * a **state_dict** (``student_sparse.pt``, a stage's ``net.pt``) or a **Lightning checkpoint**
   (``last.ckpt``/``best.ckpt``: ``net.``-prefixed weights, the mask as buffers inside). The model and
   data come from Hydra overrides composed like ``tgp-run`` does (``model=resnet20_tiny data=digits``,
@@ -14,7 +15,7 @@ What it evaluates (positional, or the config's ``ckpt_path=``):
 Reported (a table on stdout, the same as JSON in ``--out`` or next to the input: ``<run_dir>/eval.json``,
 ``<file stem>.eval.json``): top-1 (and top-5 with more than 10 classes), measured sparsity (over the
 mask's weights when a mask is known, else over every Conv2d/Linear weight) and effective sparsity
-(:mod:`tgp.report.connectivity`), dense and nonzero FLOPs (:mod:`tgp.report.flops`), and measured
+(:mod:`tgp.measure.connectivity`), dense and nonzero FLOPs (:mod:`tgp.measure.flops`), and measured
 inference latency (batch 1, median of ``--repeats``) and throughput (``--batch``) on this device,
 for the weights as they are (with their zeros) against the same network with the zeros filled in.
 Both run the same dense kernels: unstructured zeros do not make dense kernels faster, so the two
@@ -205,16 +206,17 @@ def filled_copy(net: nn.Module, names: list[str], seed: int = 0) -> nn.Module:
     return dense
 
 
-def measure_speed(net: nn.Module, names: list[str], input_shape: tuple[int, ...], device: torch.device,
+def measure_speed(net: nn.Module, names: list[str], example_input, device: torch.device,
                   repeats: int, batch: int) -> dict:
-    """Batch-1 latency (median) and ``batch`` throughput, the weights with zeros vs zeros filled in."""
+    """Batch-1 latency (median) and ``batch`` throughput, the weights with zeros vs zeros filled in;
+    random inputs of the shape of ``example_input(batch_size)`` (the datamodule's)."""
     nets = {"zeros": net, "dense": filled_copy(net, names)}
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     for k in nets:
         nets[k] = nets[k].to(device, memory_format=fmt).eval()
     g = torch.Generator().manual_seed(0)
-    x1 = torch.randn(1, *input_shape, generator=g).to(device).contiguous(memory_format=fmt)
-    xb = torch.randn(batch, *input_shape, generator=g).to(device).contiguous(memory_format=fmt)
+    x1 = torch.randn(example_input(1).shape, generator=g).to(device).contiguous(memory_format=fmt)
+    xb = torch.randn(example_input(batch).shape, generator=g).to(device).contiguous(memory_format=fmt)
     lat = time_forward(nets, x1, repeats)
     thr = time_forward(nets, xb, max(3, repeats // 5))
     out = {"latency_repeats": repeats, "throughput_batch": batch, "throughput_repeats": max(3, repeats // 5)}
@@ -243,8 +245,8 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
     """Evaluate ``path`` (see the module doc) and return the JSON row."""
     from tgp.pipeline import build_datamodule, instantiate_checked
     from tgp.pruning.mask import check_mask_fits, load_mask
-    from tgp.report.connectivity import effective_sparsity, nonzero_mask
-    from tgp.report.flops import count_parameters, flops, masked_sparsity
+    from tgp.measure.connectivity import effective_sparsity, nonzero_mask
+    from tgp.measure.flops import count_parameters, flops, masked_sparsity
     from tgp.training import Training, load_net_weights
 
     src = resolve_input(path, list(overrides), mask_path)
@@ -263,7 +265,6 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
         if mask is not None:
             check_mask_fits(mask, net, source=f"the mask buffers in {src['weights']}")
             mask_source = f"{src['weights']} (mask buffers)"
-    shape = (dm.in_channels, dm.image_size, dm.image_size)
 
     # Accuracy exactly as the run computed it (tgp.training.Training.evaluate), on the chosen device.
     eval_cfg = copy.deepcopy(cfg)
@@ -274,7 +275,7 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
     top1 = training.evaluate(net)
     total, zeros = masked_sparsity(net, mask)
     params_total, params_nonzero = count_parameters(net)
-    flops_dense, flops_nonzero = flops(net.cpu(), shape)
+    flops_dense, flops_nonzero = flops(net.cpu(), dm.example_input)
     row = {
         "input": str(path),
         "kind": src["kind"],
@@ -293,7 +294,7 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
         "sparsity_over": "mask" if mask is not None else "conv_linear_weights",
         "measured_sparsity": zeros / max(total, 1),
         "sparsity_weights_total": total,
-        "effective_sparsity": effective_sparsity(net.cpu(), nonzero_mask(net, mask), shape),
+        "effective_sparsity": effective_sparsity(net.cpu(), nonzero_mask(net, mask), dm.example_input),
         "params_total": params_total,
         "params_nonzero": params_nonzero,
         "flops_dense": flops_dense,
@@ -309,7 +310,8 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
 
         names = list(mask) if mask is not None else list(prunable_parameters(net))
         cuda = dev.type == "cuda"
-        row.update(measure_speed(net, names, shape, dev, repeats or (200 if cuda else 50), batch or (256 if cuda else 64)))
+        row.update(measure_speed(net, names, dm.example_input, dev, repeats or (200 if cuda else 50),
+                                 batch or (256 if cuda else 64)))
         row["timing_note"] = _NOTE
     return row
 

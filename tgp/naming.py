@@ -13,6 +13,8 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
+from tgp.data import dataset_name
+
 # Top-level nodes that never change what a run computes.
 # compile/compile_mode: compiled kernels compute the same functions as eager ones and differ in float rounding
 # only (fused ops, other reduction orders), like channels_last; see tgp.lit.compiled.
@@ -51,7 +53,7 @@ def run_name(cfg: DictConfig) -> str:
         value = OmegaConf.select(cfg, key, default=default)
         return default if value is None else value
 
-    data = str(pick("data._target_", "data")).rsplit(".", 1)[-1].replace("DataModule", "").lower()
+    data = dataset_name(OmegaConf.select(cfg, "data", default=None)) or "data"
     kd = "" if pick("retrain.kd", True) else "-ce"
     sanity = OmegaConf.select(cfg, "pruning.sanity", default=None)
     sanity = f"-sanity_{sanity}" if sanity else ""

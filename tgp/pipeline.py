@@ -16,7 +16,7 @@ The run-directory contract (users and scripts read it)::
     <run_dir>/mask.pt                    the final mask {param_name: bool tensor}, True = kept: the mask.pt
                                          of the stage metrics.json names as `mask_stage` (whose
                                          sparsity_report.json has the per-layer and global counts)
-    <run_dir>/metrics.json               one flat row (see tgp.report.summary.metrics_row), with
+    <run_dir>/metrics.json               one flat row (see tgp.measure.summary.metrics_row), with
                                          `net_stage` and `mask_stage`
 
 Runs written before ``<run_dir>/mask.pt`` existed have the final mask in ``prune/mask.pt`` only
@@ -38,9 +38,9 @@ from tgp.errors import TGPError
 from tgp.io import atomic_save_json, atomic_torch_save, atomic_write_bytes
 from tgp.job import Job
 from tgp.logs import FILE_ONLY, configure_console
+from tgp.measure.summary import metrics_row, summary_table
 from tgp.methods import MethodSpec, get_method
 from tgp.pruning.mask import MASK_FILE, load_mask, save_mask
-from tgp.report.summary import metrics_row, summary_table
 from tgp.stages import StopPipeline
 
 log = logging.getLogger("tgp")

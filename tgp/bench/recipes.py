@@ -32,6 +32,7 @@ class Recipe:
     classes: int
     channels: int
     image: int
+    input_shape: tuple[int, ...]  # one example in the model's input format (the datamodule's example_input)
     batch: int
     eval_batch: int
     loader: str  # torch | device
@@ -93,6 +94,7 @@ def load_recipe(name: str, batch: int | None = None, overrides: list[str] | tupl
     eb = int(batch or cfg.data.eval_batch_size or cfg.data.batch_size)
     return Recipe(
         name=name, cfg=cfg, dataset=dm.name, classes=int(dm.num_classes), channels=int(dm.in_channels),
-        image=int(dm.image_size), batch=b, eval_batch=eb, loader=str(cfg.data.get("loader", "torch")),
+        image=int(dm.image_size), input_shape=tuple(dm.example_input().shape[1:]), batch=b, eval_batch=eb,
+        loader=str(cfg.data.get("loader", "torch")),
         n_train=n_train, n_val=n_val, n_test=n_test, sizes_from=sizes_from,
     )

@@ -4,6 +4,10 @@ The classes are imported on first use (PEP 562), so that light submodules such a
 :mod:`tgp.data.image_cache` and :mod:`tgp.data.fake_trees` can be used — in a cache-building
 process, in a benchmark's helper — without importing torch and Lightning (seconds per process).
 ``from tgp.data import X`` and Hydra's ``_target_: tgp.data.X`` work as before.
+
+A dataset's name is its datamodule class's ``name`` (``dm.name``, the ``dataset`` of a run's metrics
+row); where only a config is at hand (run names, the report's failed jobs) :func:`dataset_name`
+reads the same attribute off the class the config names.
 """
 
 from __future__ import annotations
@@ -11,15 +15,33 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "ImageClassificationDataModule": "tgp.data.base",
+    "ClassificationDataModule": "tgp.data.base",
+    "ImageClassificationDataModule": "tgp.data.image",
     "CIFAR10DataModule": "tgp.data.cifar",
     "CIFAR100DataModule": "tgp.data.cifar",
     "TinyImageNetDataModule": "tgp.data.tiny_imagenet",
     "DigitsDataModule": "tgp.data.digits",
     "SyntheticDataModule": "tgp.data.synthetic",
+    "TextClassificationDataModule": "tgp.data.text.datamodule",
 }
 
-__all__ = list(_WHERE)
+__all__ = [*_WHERE, "dataset_name"]
+
+
+def dataset_name(data_cfg) -> str | None:
+    """The dataset name of a ``data`` config node (a DictConfig or a plain dict): the ``name`` of the
+    datamodule class its ``_target_`` names. ``None`` without a ``_target_``, or when that class cannot
+    be imported here (a config written by another version)."""
+    target = data_cfg.get("_target_") if hasattr(data_cfg, "get") else None
+    if not target:
+        return None
+    from hydra.utils import get_class
+
+    try:
+        name = getattr(get_class(str(target)), "name", None)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return str(name) if name else None
 
 
 def __getattr__(name: str):

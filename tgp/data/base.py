@@ -1,28 +1,29 @@
-"""Base LightningDataModule for image classification.
+"""The modality-neutral part of every tgp DataModule.
 
-A subclass only says how to load the raw train and test sets (items ``(raw_image, int_label)``)
-and which transforms to apply; this class does the seeded train/val split, the optional
-``limit_train``/``limit_test`` subsets and builds the dataloaders.
+A batch is ``(x, y)`` for every modality: images ``float [B, C, H, W]`` (:mod:`tgp.data.image`),
+token ids ``long [B, L]`` padded per batch (:mod:`tgp.data.text`). This class holds what does not
+depend on ``x``: the seeded train/val carving, the optional ``limit_train``/``limit_test``
+subsets, the epoch-seeded training order (:class:`EpochSampler`), the fixed-order score loader,
+the global vs per-rank batch under DDP and the choice of data path (``data.loader``: ``torch``
+DataLoader workers, or ``device``: the split resident on the training device, served by the
+modality's device loader).
 
-Two data paths (``data.loader``), one implementation for every dataset that offers the second:
-``torch`` (DataLoader workers run the PIL transforms per image) and ``device`` (the split as one
-``uint8`` tensor on the training device, augmented in batches by
-:class:`~tgp.data.device_loader.DeviceLoader`). A dataset offers ``device`` by implementing
-:meth:`ImageClassificationDataModule._uint8_split`.
+A subclass says how to load the raw train and test sets (:meth:`_load_raw`), how a split is
+wrapped (:meth:`_subset`: transforms, tokenized views), how batches are assembled
+(:attr:`collate_fn`), what one batch of model input looks like (:meth:`example_input`) and, to
+offer ``data.loader=device``, how the device loader is built (:meth:`_device_loader`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tgp.data.device_loader import DeviceLoader
 from tgp.errors import ConfigError
 
 LOADERS = ("torch", "device")
@@ -49,12 +50,19 @@ def mix_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of an epoch's training order: its first draw, ``randperm(n)``, is the order
+    (shared by :class:`EpochSampler` and the token device loader, so both serve the same batches)."""
+    return torch.Generator().manual_seed(mix_seed("order", int(seed), int(epoch)))
+
+
 class EpochSampler(Sampler):
     """A random order of ``range(n)`` per epoch that depends on ``(seed, epoch)`` only.
 
     Each index comes with a seed for that sample's augmentation (``(index, sample_seed)``, read
-    by :class:`TransformedSubset`), so the augmented batches of an epoch are the same whether the
-    run was resumed or not and however many (persistent) loader workers there are. Lightning calls
+    by :class:`~tgp.data.image.TransformedSubset`; datasets without augmentation ignore it), so
+    the augmented batches of an epoch are the same whether the run was resumed or not and however
+    many (persistent) loader workers there are. Lightning calls
     :meth:`set_epoch` before every epoch (with the restored epoch on resume); iterated outside a
     Trainer, each iteration is the next epoch.
     """
@@ -72,55 +80,28 @@ class EpochSampler(Sampler):
         epoch = self.epoch
         if not self._explicit:
             self.epoch += 1
-        gen = torch.Generator().manual_seed(mix_seed("order", self.seed, epoch))
+        gen = epoch_generator(self.seed, epoch)
         order = torch.randperm(self.n, generator=gen).tolist()
         seeds = torch.randint(0, 2**62, (self.n,), generator=gen).tolist()
         return iter(zip(order, seeds))
 
 
-class TransformedSubset(Dataset):
-    """``dataset[indices[i]]`` with ``transform`` applied to the image; labels become ``int``.
+class ClassificationDataModule(L.LightningDataModule):
+    """Common behaviour of all DataModules of ``tgp`` (see the module docstring).
 
-    Indexed with ``(i, seed)`` (from :class:`EpochSampler`), the transform's random draws are
-    seeded by ``seed``: the sample's augmentation is a function of the run's seed and epoch only.
-    """
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Callable | None = None):
-        self.dataset = dataset
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int | tuple[int, int]) -> tuple[Any, int]:
-        seed = None
-        if isinstance(i, tuple):
-            i, seed = i
-        x, y = self.dataset[int(self.indices[i])]
-        if self.transform is not None:
-            if seed is not None:  # torchvision's and our transforms draw from torch's (and Python's) global RNG
-                torch.manual_seed(seed)
-                random.seed(seed)
-            x = self.transform(x)
-        return x, int(y)
-
-
-class ImageClassificationDataModule(L.LightningDataModule):
-    """Common behaviour of all image-classification DataModules of ``tgp``.
-
-    Subclasses set the class attributes ``name``, ``num_classes``, ``in_channels``, ``image_size``
-    and implement :meth:`_load_raw`, :meth:`train_transform` and :meth:`eval_transform`.
+    Subclasses set ``name`` and ``num_classes`` (1 for a regression target such as STS-B's) and
+    implement :meth:`_load_raw`, :meth:`_subset` and :meth:`example_input`.
     """
 
     name: str = "base"
     num_classes: int = 0
-    in_channels: int = 0
-    image_size: int = 0
     # The data path. A class attribute too, so that views built without __init__ (class subsets)
     # take the torch path over their own subsets.
     loader: str = "torch"
-    crop_padding: int = 4  # RandomCrop(image_size, padding=crop_padding) of the train transform, on both paths
+    # How batches are assembled from items (None: torch's default_collate); text pads per batch.
+    collate_fn: Callable | None = None
+    # Which datasets offer data.loader=device (named in the error of those that do not).
+    device_path_note: str = "datasets stored as equal-sized uint8 images (cifar10, cifar100, tiny_imagenet) and the text tasks"
 
     def __init__(
         self,
@@ -132,7 +113,6 @@ class ImageClassificationDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         val_size: float | int = 0.1,
         split_seed: int = 0,
-        augment: bool = True,
         download: bool = False,
         limit_train: int | None = None,
         limit_test: int | None = None,
@@ -156,7 +136,6 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.val_size = val_size
         self.split_seed = int(split_seed)
-        self.augment = bool(augment)
         self.download = bool(download)
         self.limit_train = limit_train
         self.limit_test = limit_test
@@ -176,26 +155,23 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- subclass hooks
     def _load_raw(self) -> tuple[Dataset, Dataset]:
-        """Return ``(full_train, test)`` with items ``(raw_image, int_label)``.
+        """Return ``(full_train, test)``, items ``(raw_x, label)``.
 
         Raise :class:`tgp.errors.DataNotFoundError` when the files are missing or unreadable.
         """
         raise NotImplementedError
 
-    def train_transform(self) -> Callable | None:
+    def _subset(self, dataset: Dataset, indices: np.ndarray, split: str) -> Dataset:
+        """The items ``indices`` of ``dataset`` as ``split`` (``train``, ``val``, ``test`` or ``score``)
+        serves them: e.g. with the training augmentation for ``train`` and without for the others."""
         raise NotImplementedError
 
-    def eval_transform(self) -> Callable | None:
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        """A batch in the model's input format (what FLOPs, effective sparsity and timings are measured on)."""
         raise NotImplementedError
 
-    def _uint8_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images uint8 [n, H, W, C], labels int64 [n])`` of ``split`` (``train``, ``val`` or
-        ``test``), as decoded and before any transform, in the order of that split's indices.
-
-        What the device loader serves; a dataset whose raw images are equal-sized ``uint8`` arrays
-        implements it (and its train transform must be :func:`~tgp.data.transforms.pil_train_transform`
-        with ``crop_padding``, which the device loader reproduces) to offer ``data.loader=device``.
-        """
+    def _device_loader(self, split: str, device: torch.device | str | None = None, *, trainer=None, **kw):
+        """``split`` served from the training device (the ``data.loader=device`` path)."""
         raise NotImplementedError
 
     def _split_indices(self, split: str) -> np.ndarray:
@@ -205,17 +181,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     @classmethod
     def _has_device_path(cls) -> bool:
-        return cls._uint8_split is not ImageClassificationDataModule._uint8_split
+        return cls._device_loader is not ClassificationDataModule._device_loader
 
     def _checked_loader(self, loader: Any) -> str:
         if loader not in LOADERS:
             raise ConfigError("data.loader", loader, "unknown data path.",
-                              "use torch (DataLoader workers, PIL transforms) or device (images on the training "
-                              "device, batched augmentation there).")
+                              "use torch (DataLoader workers) or device (the split resident on the training "
+                              "device, batches assembled there).")
         if loader == "device" and not self._has_device_path():
             raise ConfigError("data.loader", loader, f"the {self.name} dataset has no device path (it is offered by "
-                              "datasets stored as equal-sized uint8 images: cifar10, cifar100, tiny_imagenet).",
-                              "set data.loader=torch.")
+                              f"{self.device_path_note}).", "set data.loader=torch.")
         return loader
 
     # ----------------------------------------------------------------- setup
@@ -242,12 +217,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
             test_idx = np.sort(rng.choice(n_test, size=self.limit_test, replace=False))
         self.test_indices = test_idx
 
-        eval_tf = self.eval_transform()
-        train_tf = self.train_transform() if self.augment else eval_tf
-        self.data_val = TransformedSubset(full_train, self.val_indices, eval_tf)
-        self.data_score = TransformedSubset(full_train, self.train_indices, eval_tf)
-        self.data_test = TransformedSubset(test, self.test_indices, eval_tf)
-        self.data_train = TransformedSubset(full_train, self.train_indices, train_tf)
+        self.data_val = self._subset(full_train, self.val_indices, "val")
+        self.data_score = self._subset(full_train, self.train_indices, "score")
+        self.data_test = self._subset(test, self.test_indices, "test")
+        self.data_train = self._subset(full_train, self.train_indices, "train")
 
     def _num_val(self, n_available: int) -> int:
         v = self.val_size
@@ -278,6 +251,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             generator=generator,
+            collate_fn=self.collate_fn,
         )
 
     def _require_setup(self) -> None:
@@ -301,31 +275,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """The evaluation batch per rank, likewise (or the whole batch outside DDP)."""
         return per_rank_batch(self.eval_batch_size, self.world_size, "data.eval_batch_size")
 
-    # ----------------------------------------------------------------- the device path
-    def _device_loader(self, split: str, device: torch.device | str | None = None, *, trainer=None,
-                       **kw) -> DeviceLoader:
-        """``split`` served by a :class:`DeviceLoader` on ``device`` (default: the Trainer's root
-        device, else the CPU) with the same batch sizes, drop_last rule, augmentation and
-        normalization as the torch path; the training order and crops are seeded by
-        ``(shuffle_seed, trainer epoch)`` so a resumed stage draws the epochs it had not drawn.
-        ``trainer``: the Trainer fitting through another datamodule that wraps this one (default: the
-        one attached here); ``kw``: :class:`DeviceLoader`'s ``batch_sampler`` and ``with_index``."""
-        images, labels = self._uint8_split(split)
-        trainer = trainer if trainer is not None else getattr(self, "trainer", None)
-        if device is None:
-            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        device = torch.device(device)
-        train = split == "train"
-        return DeviceLoader(
-            images, labels, batch_size=self.rank_batch_size if train else self.rank_eval_batch_size,
-            mean=self.mean, std=self.std, device=device, shuffle=train,
-            drop_last=train and len(labels) > self.batch_size, augment=train and self.augment,
-            padding=self.crop_padding, seed=self.shuffle_seed, channels_last=device.type == "cuda",
-            epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None, **kw,
-        )
-
     # ----------------------------------------------------------------- the loaders Lightning asks for
-    def train_dataloader(self) -> DataLoader | DeviceLoader:
+    def train_dataloader(self):
         if self.loader == "device":
             return self._device_loader("train")
         self._require_setup()
@@ -336,23 +287,23 @@ class ImageClassificationDataModule(L.LightningDataModule):
         sampler = EpochSampler(len(self.data_train), self.shuffle_seed)
         return DataLoader(
             self.data_train, batch_size=batch, sampler=sampler, drop_last=drop_last, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.persistent_workers, collate_fn=self.collate_fn,
         )
 
-    def val_dataloader(self) -> DataLoader | DeviceLoader:
+    def val_dataloader(self):
         if self.loader == "device":
             return self._device_loader("val")
         self._require_setup()
         return self._loader(self.data_val, self.rank_eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader | DeviceLoader:
+    def test_dataloader(self):
         if self.loader == "device":
             return self._device_loader("test")
         self._require_setup()
         return self._loader(self.data_test, self.rank_eval_batch_size, shuffle=False)
 
     def score_dataloader(self, batch_size: int | None = None) -> DataLoader:
-        """Train subset with the eval transform, in a fixed (``score_seed``) shuffled order."""
+        """Train subset without augmentation, in a fixed (``score_seed``) shuffled order."""
         self._require_setup()
         generator = torch.Generator()
         generator.manual_seed(self.score_seed)
@@ -383,3 +334,12 @@ def _check_val_size_type(v: Any) -> None:
             "must be a fraction in [0, 1) or a sample count >= 0.",
             "set data.val_size to e.g. 0.1 or 5000.",
         )
+
+
+def __getattr__(name: str):
+    # The image classes lived here before the modality split; old imports keep working.
+    if name in ("ImageClassificationDataModule", "TransformedSubset"):
+        from tgp.data import image
+
+        return getattr(image, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 
 import torch
 
-from tgp.data.base import ImageClassificationDataModule
+from tgp.data.image import ImageClassificationDataModule
 from tgp.data.transforms import pil_eval_transform, pil_train_transform
 from tgp.errors import DataNotFoundError
 

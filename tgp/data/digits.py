@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from tgp.data.base import ImageClassificationDataModule
+from tgp.data.image import ImageClassificationDataModule
 from tgp.data.transforms import RandomTranslate
 from tgp.errors import ConfigError
 

@@ -7,28 +7,21 @@ caps a DataLoader at a few thousand images/s), and the device loader needs the w
 (``Image.open(path).convert("RGB")``: grayscale, palette and RGBA files become the same RGB
 pixels), into ``<name>-<key>.npy`` beside a small JSON manifest ``<name>.json``.
 
-Trust rules (a cache is only ever used when it provably matches the files):
+The cache follows the rules of :mod:`tgp.data.cache_files` (a key over everything it was computed
+from, atomic writes, a build lock, trusted only through its manifest). Here the key is SHA-256 over
+the format version, the Pillow version (another libjpeg may round differently), the image size
+and, for every file in list order (row ``i`` of the array is file ``i``), its path relative to the
+data folder, its size in bytes, its mtime in ns and its label: a file added, removed, resized,
+touched or relabelled changes the key and the cache is rebuilt.
 
-* ``key`` = SHA-256 over the format version, the Pillow version (another libjpeg may round
-  differently), the image size and, for every file in list order (row ``i`` of the array is file
-  ``i``), its path relative to the data folder, its size in bytes, its mtime in ns and its label.
-  A file added, removed, resized, touched or relabelled changes the key and the cache is rebuilt.
-* The array is written to a temp file and renamed (``os.replace``) only once complete and flushed;
-  the manifest naming it is written (atomically) after that. An interrupted build leaves at most
-  a temp file, which no reader ever opens and the next build deletes.
-* Builders hold ``fcntl.flock`` on ``<name>.lock``: a second process waits, then finds the cache
-  valid and reads it. Readers take no lock: a file named in a manifest is complete and never
-  rewritten (a new key gets a new file name).
-* Building needs about one chunk of decoded images in memory (plus one per decode worker); the
-  finished array is read with ``np.load(mmap_mode="r")``, so pages are shared between processes.
+Building needs about one chunk of decoded images in memory (plus one per decode worker); the
+finished array is read with ``np.load(mmap_mode="r")``, so pages are shared between processes.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import fcntl
-import glob
 import hashlib
 import json
 import logging
@@ -36,15 +29,18 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import PIL
 from PIL import Image
 
-from tgp.errors import ConfigError, DataNotFoundError
+from tgp.data import cache_files
+from tgp.data.cache_files import CacheResult
+from tgp.errors import DataNotFoundError
 
 log = logging.getLogger("tgp")
+
+__all__ = ["CHUNK", "CacheResult", "CachedImages", "decode_rgb", "ensure_cache", "list_key"]
 
 FORMAT = 1
 CHUNK = 512  # images decoded per task: 6 MB at 64x64, big enough to amortize a worker round trip
@@ -79,71 +75,27 @@ def _decode_chunk(paths: Sequence[str], size: tuple[int, int], dataset: str) -> 
 
 
 def list_key(samples: Sequence[tuple[str, int]], base: str, size: tuple[int, int]) -> str:
-    """The key a cache of ``samples`` (``(path, label)``, paths under ``base``) must carry to be trusted.
-
-    Stats every file (no reads): 110k files take about a second on a local disk.
-    """
+    """The key a cache of ``samples`` (``(path, label)``, paths under ``base``) must carry to be trusted."""
     h = hashlib.sha256()
     h.update(json.dumps({"format": FORMAT, "pillow": PIL.__version__, "size": list(size)}).encode())
-    for path, label in samples:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise DataNotFoundError(f"cannot stat image {path} ({exc}); the dataset tree changed while it was read "
-                                    "or is damaged: restore it and run again.") from None
-        rel = os.path.relpath(path, base).replace(os.sep, "/")
-        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\t{int(label)}\n".encode())
+    for line in cache_files.stat_lines([p for p, _ in samples], base, lambda i: str(int(samples[i][1]))):
+        h.update(line)
     return h.hexdigest()
-
-
-@dataclass
-class CacheResult:
-    """Where a valid cache is, and whether this call built it (and how long that took)."""
-
-    path: str
-    manifest: str
-    built: bool
-    seconds: float
-    count: int
-    waited: bool = False  # another process held the build lock first
-
-
-def _manifest_path(folder: str, name: str) -> str:
-    return os.path.join(folder, f"{name}.json")
 
 
 def _valid(folder: str, name: str, key: str, count: int, size: tuple[int, int]) -> str | None:
     """The array file of ``folder/name`` if its manifest carries ``key`` and the file has the right shape."""
-    try:
-        with open(_manifest_path(folder, name)) as f:
-            manifest = json.load(f)
-        if manifest.get("format") != FORMAT or manifest.get("key") != key:
-            return None
-        path = os.path.join(folder, os.path.basename(str(manifest["file"])))
-        arr = np.load(path, mmap_mode="r")
-        if arr.dtype != np.uint8 or arr.shape != (count, size[0], size[1], 3):
-            return None
-        return path
-    except (OSError, ValueError, KeyError, TypeError):  # absent, half-written by hand, not a dict, wrong header
+    manifest = cache_files.read_manifest(folder, name, FORMAT, key)
+    path = cache_files.payload_path(folder, manifest) if manifest is not None else None
+    if path is None:
         return None
-
-
-@contextlib.contextmanager
-def _locked(folder: str, name: str, dataset: str) -> Iterator[bool]:
-    """Exclusive ``flock`` on ``folder/name.lock``; yields whether another process held it first
-    (and says so in the log, since the wait may be a minute on the real data)."""
-    fd = os.open(os.path.join(folder, f"{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        waited = False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: another process is building the decoded %s cache in %s; waiting for it", dataset, name, folder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            waited = True
-        yield waited
-    finally:
-        os.close(fd)  # releases the lock
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):  # absent, truncated header
+        return None
+    if arr.dtype != np.uint8 or arr.shape != (count, size[0], size[1], 3):
+        return None
+    return path
 
 
 def _decoded_chunks(paths: Sequence[str], size: tuple[int, int], dataset: str, workers: int) -> Iterator[np.ndarray]:
@@ -174,13 +126,12 @@ def _decoded_chunks(paths: Sequence[str], size: tuple[int, int], dataset: str, w
 def _build(folder: str, name: str, key: str, samples: Sequence[tuple[str, int]], base: str, size: tuple[int, int],
            dataset: str, workers: int, progress: Callable[[int], None] | None) -> str:
     """Decode ``samples`` into ``folder/name-<key>.npy`` (under the lock), then write the manifest."""
-    for pattern in (f".{name}-*.tmp", f"{name}.json.*.tmp"):
-        for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
-            os.unlink(stale)  # left by an interrupted build: we hold the lock, so no one is writing it
-    final = os.path.join(folder, f"{name}-{key[:16]}.npy")
-    tmp = os.path.join(folder, f".{name}-{key[:16]}.{os.getpid()}.tmp")
+    final, tmp = cache_files.temp_payload(folder, name, key, ".npy")
     shape = (len(samples), size[0], size[1], 3)
     paths = [p for p, _ in samples]
+    log.info("%s: decoding %d %s images once into %s (later runs read the decoded array)", dataset, len(samples),
+             name, folder)
+    t0 = time.perf_counter()
     try:
         with open(tmp, "wb") as f:
             # The .npy header, then the rows in order: sequential writes keep only a chunk in memory
@@ -202,24 +153,12 @@ def _build(folder: str, name: str, key: str, samples: Sequence[tuple[str, int]],
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    manifest = {"format": FORMAT, "key": key, "file": os.path.basename(final), "shape": list(shape),
-                "dtype": "uint8", "pillow": PIL.__version__, "source": base, "created": time.time()}
-    manifest_path = _manifest_path(folder, name)
-    tmp_manifest = f"{manifest_path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp_manifest, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_manifest, manifest_path)  # from here on the array is trusted
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_manifest)
-        raise
-    for old in glob.glob(os.path.join(glob.escape(folder), f"{name}-*.npy")):
-        if old != final:  # an earlier tree's cache; a process still reading it keeps its open inode
-            with contextlib.suppress(OSError):
-                os.unlink(old)
+    cache_files.write_manifest(folder, name, {
+        "format": FORMAT, "key": key, "file": os.path.basename(final), "shape": list(shape), "dtype": "uint8",
+        "pillow": PIL.__version__, "source": base, "created": time.time()})
+    cache_files.remove_other_payloads(folder, name, final, ".npy")
+    log.info("%s: %s cache built in %.1f s (%d images, %.0f MB)", dataset, name, time.perf_counter() - t0,
+             len(samples), os.path.getsize(final) / 2**20)
     return final
 
 
@@ -237,37 +176,13 @@ def ensure_cache(samples: Sequence[tuple[str, int]], base: str, name: str, folde
     if not samples:
         raise ValueError("no samples to cache")
     key = list_key(samples, base, size)
-    for folder in folders:
-        path = _valid(folder, name, key, len(samples), size)
-        if path is not None:
-            return CacheResult(path, _manifest_path(folder, name), False, 0.0, len(samples))
-    failures = []
-    for i, folder in enumerate(folders):
-        try:
-            os.makedirs(folder, exist_ok=True)
-            with _locked(folder, name, dataset) as waited:
-                path = _valid(folder, name, key, len(samples), size)  # built while we waited?
-                if path is not None:
-                    return CacheResult(path, _manifest_path(folder, name), False, 0.0, len(samples), waited)
-                log.info("%s: decoding %d %s images once into %s (later runs read the decoded array)",
-                         dataset, len(samples), name, folder)
-                t0 = time.perf_counter()
-                path = _build(folder, name, key, samples, base, size, dataset, workers, progress)
-                seconds = time.perf_counter() - t0
-                log.info("%s: %s cache built in %.1f s (%d images, %.0f MB)", dataset, name, seconds, len(samples),
-                         os.path.getsize(path) / 2**20)
-                return CacheResult(path, _manifest_path(folder, name), True, seconds, len(samples), waited)
-        except OSError as exc:  # reading errors became DataNotFoundError: this is the folder failing a write
-            reason = exc.strerror or str(exc)
-            failures.append(f"{folder} ({reason})")
-            if i + 1 < len(folders):
-                log.warning("%s: cannot write the decoded %s cache in %s (%s); trying %s instead "
-                            "(choose the place with %s)", dataset, name, folder, reason, folders[i + 1], setting)
-    raise ConfigError(
-        setting, setting_value,
-        f"{dataset}: the decoded image cache could not be written in any of: {'; '.join(failures)}.",
-        f"set {setting} to a writable folder with room for {len(samples) * size[0] * size[1] * 3 / 2**20:.0f} MB, "
-        "or set data.cache=false to read the image files directly (slower).",
+    return cache_files.ensure(
+        folders, name, count=len(samples), dataset=dataset, what="decoded image", setting=setting,
+        setting_value=setting_value,
+        valid=lambda folder: _valid(folder, name, key, len(samples), size),
+        build=lambda folder: _build(folder, name, key, samples, base, size, dataset, workers, progress),
+        fix=f"set {setting} to a writable folder with room for {len(samples) * size[0] * size[1] * 3 / 2**20:.0f} MB, "
+            "or set data.cache=false to read the image files directly (slower).",
     )
 
 

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from tgp.data.base import ImageClassificationDataModule
+from tgp.data.image import ImageClassificationDataModule
 from tgp.data.digits import TensorImageDataset
 from tgp.errors import ConfigError
 

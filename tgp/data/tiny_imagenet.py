@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tgp.data.base import ImageClassificationDataModule
+from tgp.data.image import ImageClassificationDataModule
+from tgp.data.cache_files import default_folders
 from tgp.data.image_cache import CachedImages, ensure_cache
 from tgp.data.transforms import pil_eval_transform, pil_train_transform
 from tgp.errors import ConfigError, DataNotFoundError
@@ -82,10 +83,7 @@ class TinyImageNetDataModule(ImageClassificationDataModule):
         """Where the decoded cache may live, in order: ``data.cache_dir`` when set (only there: the
         user chose it); else beside the data, then the user's cache folder (a read-only data copy)."""
         tag = f"{self.name}-{hashlib.sha1(self.data_path.encode()).hexdigest()[:10]}"
-        if self.cache_dir is not None:
-            return [os.path.join(os.path.abspath(os.path.expanduser(self.cache_dir)), tag)]
-        user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return [os.path.join(self.data_path, ".tgp_cache"), os.path.join(user, "tgp", tag)]
+        return default_folders(self.data_path, tag, self.cache_dir)
 
     def _cached(self, samples: list[tuple[str, int]], name: str) -> CachedImages:
         workers = min(self.num_workers, os.cpu_count() or 1)

@@ -6,7 +6,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from tgp.data.base import ImageClassificationDataModule, TransformedSubset
+from tgp.data.image import ImageClassificationDataModule, TransformedSubset
 from tgp.data.samplers import ClassPairBatchSampler, DLBBatchSampler
 from tgp.distill.self_distill import check_regime
 from tgp.errors import ConfigError
@@ -95,6 +95,9 @@ class SelfDistillData(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.base.setup(stage)
+
+    def example_input(self, batch_size: int = 1):
+        return self.base.example_input(batch_size)
 
     @property
     def num_train(self) -> int:

@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from tgp.distill.losses import DistillationLoss
 from tgp.lit.compiled import compile_module, eager_call, uncompile_module
+from tgp.measure.flops import TrainingFlops
 from tgp.pruning.enforcer import MaskBuffers
 from tgp.pruning.mask import Mask, apply_mask, check_mask_fits
 
@@ -153,10 +154,17 @@ class ClassifierModule(L.LightningModule):
             self.teacher.eval()  # BatchNorm statistics of the teacher never change
         return self
 
-    # -- compile=true (tgp.lit.compiled) -----------------------------------------------------------
+    # -- what the training step runs (compile=true: tgp.lit.compiled; cost: tgp.training.cost) ------------
     def teacher_in_step(self) -> bool:
         """Whether the training step runs the teacher (then it is compiled with the student)."""
         return self.teacher is not None and self.criterion.kd_weight > 0
+
+    def training_flops(self, example_input) -> TrainingFlops | None:
+        """What one training example costs (:class:`~tgp.measure.flops.TrainingFlops`, measured on the
+        first example of ``example_input``, a batch or a callable returning one): the student's forward
+        + backward, plus the frozen teacher's forward when the loss uses it (:meth:`teacher_in_step`).
+        A subclass whose step runs something else says so here; ``None``: not measured."""
+        return TrainingFlops(self.net, example_input, self.teacher if self.teacher_in_step() else None)
 
     def setup(self, stage: str) -> None:
         # Only fits are compiled: trainer.validate (the prune stage: a handful of scoring batches

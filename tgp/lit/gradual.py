@@ -10,6 +10,7 @@ from tgp.distill.cross_correlation import cross_correlation_loss
 from tgp.distill.losses import DistillationLoss
 from tgp.lit.classifier import ClassifierModule
 from tgp.lit.compiled import compile_method
+from tgp.measure.flops import TrainingFlops
 
 
 def features_and_logits(net, x):
@@ -43,6 +44,12 @@ class SelfDistilledPruningModule(ClassifierModule):
     def uncompile_nets(self) -> None:
         super().uncompile_nets()
         self._student_fn = self._dense_fn = None
+
+    def training_flops(self, example_input) -> TrainingFlops:
+        """The student's forward + backward, plus the frozen dense copy's ``forward_features`` when the
+        cross-correlation term is on (``cc_weight > 0``)."""
+        dense = self.teacher if self.cc_weight > 0 else None
+        return TrainingFlops(self.net, example_input, dense, "forward_features")
 
     def training_step(self, batch, batch_idx):
         x, y = batch

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from tgp.distill.losses import DistillationLoss
 from tgp.distill.self_distill import check_regime, cskd_loss, dlb_loss, pskd_alpha, pskd_targets, soft_cross_entropy
 from tgp.lit.classifier import ClassifierModule
+from tgp.measure.flops import TrainingFlops
 
 
 class SelfDistillModule(ClassifierModule):
@@ -31,6 +32,11 @@ class SelfDistillModule(ClassifierModule):
             self.register_buffer("pskd_prev", torch.zeros(int(num_train), self.n_classes))
             self.register_buffer("pskd_seen", torch.zeros(int(num_train), dtype=torch.bool))
         self._dlb_prev: torch.Tensor | None = None  # last batch's detached softmax(z/T) on its second half
+
+    def training_flops(self, example_input) -> TrainingFlops:
+        """The student's forward + backward per example, no teacher; under CS-KD the partner half of
+        every batch goes forward only, without gradients (:meth:`TrainingFlops.batch`)."""
+        return TrainingFlops(self.net, example_input, partners=self.regime == "cskd")
 
     def on_train_epoch_start(self) -> None:
         self._dlb_prev = None  # the first batch of an epoch shares nothing

@@ -38,7 +38,7 @@ from tgp.lit import SelfDistillModule
 from tgp.methods.registry import MethodOutputs, MethodSpec, register
 from tgp.pruning.mask import load_mask
 from tgp.stages import StageKind
-from tgp.training import TrainingCost, module_training_flops
+from tgp.training.cost import TrainingCost, stage_training_flops
 
 # The sparse network's budget (the budget policy): retrain.epochs at retrain.lr.
 BUDGET_NODES = ("model", "retrain.epochs", "retrain.lr", "method")
@@ -134,7 +134,7 @@ def run_epsd(job) -> MethodOutputs:
             steps = int(cfg.method.warmup_steps)
             module = _sd_module(job, cfg, load_stage_net(job, cfg.model, "init"), "warmup", 1, cfg.kd_pretrain.lr,
                                 schedule={"kind": "constant", "warmup_epochs": 0})
-            cost = TrainingCost(module_training_flops(module, sd_data))  # one process: EPSD refuses DDP
+            cost = TrainingCost(stage_training_flops(module, sd_data))  # one process: EPSD refuses DDP
             trainer = job.training.trainer("warmup", folder, max_epochs=-1, max_steps=steps, enable_checkpointing=False,
                                            callbacks=[cost])
             trainer.fit(module, datamodule=sd_data)
@@ -166,10 +166,10 @@ def run_epsd(job) -> MethodOutputs:
 SNIP = register(MethodSpec(
     name="snip", run=run_snip, summary="|θ ⊙ ∇θ L_CE| at initialization, then train the sparse net",
     settings=SnipSettings, one_shot=True, accepts_mask=True, in_table2=True, stages=("init", "prune", "retrain"),
-    epochs=("retrain.epochs",), check=check_snip,
+    epochs=("retrain.epochs",), check=check_snip, color="#d62728",
 ))
 EPSD = register(MethodSpec(
     name="epsd", run=run_epsd, settings=EpsdSettings, one_shot=True, accepts_mask=True, in_table2=True,
     summary="SNIP-form score of a self-distillation loss near initialization, then train with that regime",
-    stages=("init", "warmup", "prune", "retrain"), epochs=("retrain.epochs",), check=check_epsd,
+    stages=("init", "warmup", "prune", "retrain"), epochs=("retrain.epochs",), check=check_epsd, color="#9467bd",
 ))

@@ -295,11 +295,11 @@ IMP = register(MethodSpec(
     name="imp", run=run_imp, settings=ImpSettings, check=check_imp, in_table2=True,
     summary="iterative global magnitude pruning, method.rate of the remaining weights per round, rewinding",
     stages=("init", "dense", "imp_round_*", "prune", "retrain"), epochs=("method.epochs_per_round", "retrain.epochs"),
-    dense_stage="dense",
+    dense_stage="dense", color="#8c564b",
 ))
 COLT = register(MethodSpec(
     name="colt", run=run_colt, settings=ColtSettings, check=check_colt, in_table2=True,
     summary="intersection of the magnitude tickets of two class halves per round, rewinding",
     stages=("init", "colt_round_*_a", "colt_round_*_b", "colt_round_*", "prune", "retrain"),
-    epochs=("method.epochs_per_round", "retrain.epochs"),
+    epochs=("method.epochs_per_round", "retrain.epochs"), color="#e377c2",
 ))

@@ -28,17 +28,19 @@ def run_one_shot(job, score: str, teacher_guided: bool) -> MethodOutputs:
     return MethodOutputs(net_stage=final, mask_stage=pruned)
 
 
-def _one_shot(name: str, score: str, teacher_guided: bool, summary: str, in_table2: bool) -> MethodSpec:
+def _one_shot(name: str, score: str, teacher_guided: bool, summary: str, color: str, in_table2: bool) -> MethodSpec:
     return register(MethodSpec(
         name=name, run=lambda job: run_one_shot(job, score, teacher_guided), summary=summary, uses_teacher=True,
         one_shot=True, accepts_mask=True, in_table2=in_table2, stages=STAGES, epochs=EPOCHS, dense_stage="kd_pretrain",
+        color=color,
     ))
 
 
 TGP = _one_shot("tgp", "gradient", True, "teacher-guided score |θ ⊙ ∇θ(α·CA-KLD + (1−α)·CE)| after KD pretraining",
-                in_table2=True)
+                "#1f77b4", in_table2=True)
 CE_GRAD = _one_shot("ce_grad", "gradient", False, "|θ ⊙ ∇θ CE| after the same KD pretraining (TGP's score with α = 0)",
-                    in_table2=False)
-MAGNITUDE = _one_shot("magnitude", "magnitude", False, "global |θ| after the same KD pretraining", in_table2=True)
+                    "#ff7f0e", in_table2=False)
+MAGNITUDE = _one_shot("magnitude", "magnitude", False, "global |θ| after the same KD pretraining", "#2ca02c",
+                      in_table2=True)
 RANDOM = _one_shot("random", "random", False, "uniformly random global pruning after the same KD pretraining",
-                   in_table2=False)
+                   "#7f7f7f", in_table2=False)

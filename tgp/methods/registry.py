@@ -58,6 +58,7 @@ class MethodSpec:
     * ``dense_stage``: the stage whose network is the dense student of the report, if any.
     * ``check(cfg, dm)``: the method's own setting checks, run once before the job writes anything
       (by :func:`tgp.checks.validate_job`, after the shared checks; raise ConfigError).
+    * ``color``: the method's colour in the report's plots (a matplotlib colour; None: one from its name).
     """
 
     name: str
@@ -72,6 +73,7 @@ class MethodSpec:
     epochs: tuple[str, ...] = ()
     dense_stage: str | None = None
     check: Callable | None = None
+    color: str | None = None
     extra: dict = field(default_factory=dict)
 
     def has_stage(self, name: str) -> bool:

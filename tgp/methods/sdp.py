@@ -130,4 +130,5 @@ SDP = register(MethodSpec(
     name="sdp", run=run_sdp, settings=SdpSettings, check=check_sdp,
     summary="gradual magnitude pruning during fine-tuning with a cross-correlation term to the frozen dense copy",
     stages=("dense", "retrain"), epochs=("method.dense_epochs", "retrain.epochs"), dense_stage="dense",
+    color="#bcbd22",
 ))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -37,14 +38,33 @@ def final_sparsity_report_path(run_dir: Path, row: dict) -> Path:
     return Path(run_dir) / str(row.get("mask_stage") or LEGACY_MASK_STAGE) / SPARSITY_REPORT_FILE
 
 
+def _weight_layer_types() -> tuple[type, ...]:
+    """Conv2d and Linear, plus Hugging Face's ``Conv1D`` (a Linear with a transposed weight, used by
+    GPT-2-style models) when ``transformers`` is loaded — a model holding one has loaded it."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return (nn.Conv2d, nn.Linear) + ((conv1d,) if conv1d is not None else ())
+
+
+def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules whose ``weight`` may be pruned, by module name: what the model declares through a
+    ``prunable_modules()`` method (a Transformer's encoder Linears, :mod:`tgp.models.text`), else every
+    Conv2d, Linear and ``Conv1D`` (ours)."""
+    declared = getattr(model, "prunable_modules", None)
+    if callable(declared):
+        return dict(declared())
+    types = _weight_layer_types()
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, types)}
+
+
 def prunable_parameters(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> dict[str, nn.Parameter]:
-    """Weights of every Conv2d and Linear (ours), minus modules whose name matches an ``exclude`` pattern.
+    """Weights of the model's prunable modules (:func:`prunable_modules`), minus modules whose name
+    matches an ``exclude`` pattern.
 
     Biases and normalization layers are never pruned. Patterns are shell-style
     (``fnmatch``) and are matched against module names, e.g. ``conv1`` or ``layers.3.*``.
     A pattern that matches no prunable module is a configuration error, not a silent no-op.
     """
-    candidates = {name: mod for name, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))}
+    candidates = prunable_modules(model)
     for pattern in exclude:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in candidates):
             import difflib
@@ -60,7 +80,7 @@ def prunable_parameters(model: nn.Module, exclude: list[str] | tuple[str, ...] =
             raise ConfigError(
                 "pruning.exclude",
                 pattern,
-                f"this pattern matches no Conv2d/Linear module of the model ({type(model).__name__}, "
+                f"this pattern matches no prunable module of the model ({type(model).__name__}, "
                 f"{len(candidates)} such modules); patterns are shell-style globs matched against whole module names.",
                 (f"did you mean {close[0]}? " if close else "")
                 + f"use module names such as {', '.join(examples)}"

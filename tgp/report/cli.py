@@ -21,9 +21,10 @@ import sys
 from pathlib import Path
 
 from tgp.io import atomic_write_bytes
-from tgp.report.aggregate import (AUTO, aggregate, find_jobs, load_references, markdown_report, markdown_table,
-                                  method_costs, write_csv)
-
+from tgp.report.aggregate import AUTO, aggregate, method_costs
+from tgp.report.jobs import find_jobs, write_csv
+from tgp.report.markdown import markdown_report, markdown_table
+from tgp.report.references import load_references
 from tgp.resources import reference_dir
 
 DEFAULT_REFERENCES = reference_dir()
@@ -43,8 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def method_colors() -> dict[str, str]:
+    """``{method: colour}`` from the method registry (:class:`~tgp.methods.MethodSpec`'s ``color``).
+    Read here only, when plots are drawn: the report's modules take the mapping as an argument."""
+    from tgp.methods import load_all
+
+    return {name: spec.color for name, spec in load_all().items() if spec.color}
+
+
 def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, wandb=False,
-               wandb_project="tgp", reference: str | None = AUTO) -> dict:
+               wandb_project="tgp", reference: str | None = AUTO, colors: dict[str, str] | None = None) -> dict:
+    """Write the report of ``sweep_dirs`` into ``out``; ``colors``: ``{method: colour}`` of the plots
+    (default: the method registry's, :func:`method_colors`; a method missing there gets a fixed colour
+    from its name)."""
     sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
     for d in sweep_dirs:
         if not d.is_dir():
@@ -67,7 +79,7 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
     if plots and groups:
         from tgp.report.plots import make_plots
 
-        png = make_plots(groups, refs, out, rows=jobs.ok)
+        png = make_plots(groups, refs, out, rows=jobs.ok, colors=method_colors() if colors is None else colors)
     title = ", ".join(str(d) for d in sweep_dirs)
     text = markdown_report(Path(title), jobs, groups, refs, png, costs=costs).encode()
     atomic_write_bytes(out / "report.md", lambda f: f.write(text))

@@ -1,100 +1,22 @@
-"""Training cost that compares across methods and machines, each stage counted once.
+"""A sweep's training cost, each stage counted once (from the jobs' rows; :mod:`tgp.measure.cost`
+says what one job records and what is counted).
 
-**The unit is FLOPs.** Every stage that trains records in its ``result.json`` (see
-:class:`tgp.training.TrainingCost`) the examples that went through its training step
-(``train_examples``, all ranks and epochs) and what they cost: ``train_flops_dense`` and
-``train_flops`` (Conv2d/Linear work scaled by the mask's density at each epoch's start), per
-example the forward and the measured backward of the trained network plus the forward of a frozen
-network run alongside (a KD teacher, SDP's dense copy). Counted: the training steps. Not counted:
-validation and test passes, pruning scores (at most ``pruning.score_batches`` batches) and
-elementwise work (BatchNorm, losses, the optimizer). A stage without training (``init``,
-``prune``, COLT's mask combination, a teacher loaded from a checkpoint) costs 0; a stage that
-trained but recorded no FLOPs (a stage computed before this was recorded, e.g. an EPSD warm-up
-from before its steps were counted)
-is *unmeasured*: the totals it enters are ``None`` and the stage is listed in ``cost_unmeasured``.
-Seconds are kept as a secondary number, labelled with the device they were measured on: they
-vary with the machine and its load, FLOPs do not.
-
-**One job** (``metrics.json``, :func:`job_cost_fields`): ``cost_*_own`` sums the stages this job
-computed, ``cost_*_shared`` those it reused from the stage store (``stages_skipped``: computed by
-another job, or by an earlier invocation of this one). ``stage_keys`` maps each stage to its key.
-
-**A sweep** (:func:`stage_costs`, :func:`cost_by_method`, :func:`sweep_total`): a stage is
-identified by its key, so the teacher and the KD-pretrained student that ten jobs share are one
-stage. Attribution: a group (by default a method) is charged in full, once, for every distinct
-stage any of its jobs used — a stage shared by several methods (one teacher for ``tgp``,
-``ce_grad``, ``magnitude`` and ``random``) appears in each of their totals, and once in the
-sweep total, so the methods' totals may add up to more than the sweep's. ``flops_exclusive`` is
-the part of a group's total no other group used. Totals are per seed, then averaged over seeds.
+A stage is identified by its key (:func:`stage_costs`, :func:`cost_by_method`, :func:`sweep_total`),
+so the teacher and the KD-pretrained student that ten jobs share are one stage. Attribution: a group
+(by default a method) is charged in full, once, for every distinct stage any of its jobs used — a
+stage shared by several methods (one teacher for ``tgp``, ``ce_grad``, ``magnitude`` and ``random``)
+appears in each of their totals, and once in the sweep total, so the methods' totals may add up to
+more than the sweep's. ``flops_exclusive`` is the part of a group's total no other group used.
+Totals are per seed, then averaged over seeds.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-SCOPE = ("training steps (forward + measured backward of the trained net, frozen networks' forward); "
-         "not evaluation passes, pruning scores or elementwise work")
+from tgp.measure.cost import device_label, sum_or_none
 
 
-# -- one stage's result.json --------------------------------------------------------------------------
-def _trained(result: dict) -> bool:
-    return bool(result.get("epochs") or 0) or "train_flops" in result
-
-
-def stage_flops(result: dict, field: str = "train_flops") -> int | None:
-    """A stage's training FLOPs from its result: recorded value, 0 without training, None if unmeasured."""
-    if field in result:
-        return result[field]
-    return None if _trained(result) else 0
-
-
-def _sum(values):
-    values = list(values)
-    return None if any(v is None for v in values) else sum(values)
-
-
-def _device_label(devices) -> str | None:
-    devices = sorted({d for d in devices if d})
-    return None if not devices else devices[0] if len(devices) == 1 else "mixed: " + ", ".join(devices)
-
-
-def job_cost_fields(results: dict[str, dict], keys: dict[str, str], skipped, num_train: int | None) -> dict:
-    """The cost fields of one job's ``metrics.json`` row (see the module docstring).
-
-    Per stage: ``train_flops_<stage>``, ``dense_train_flops_<stage>``, ``train_examples_<stage>``,
-    ``device_<stage>``. Totals: ``cost_flops_{own,shared}``, ``cost_flops_dense_{own,shared}``,
-    ``cost_seconds_{own,shared}``, ``cost_device`` (the devices the seconds come from),
-    ``cost_unmeasured``, ``stage_keys``. Epochs in full-data-equivalent units (``train_examples /
-    num_train``; COLT's half-data epochs count ~0.5, DLB's overlapping batches ~2):
-    ``student_epochs_equiv`` (every training stage but the teacher's), ``teacher_epochs_equiv``,
-    and ``teacher_epochs`` (nominal; 0 for a loaded teacher).
-    """
-    skipped = set(skipped)
-    row: dict = {"stage_keys": dict(keys)}
-    for stage, r in results.items():
-        row[f"train_flops_{stage}"] = stage_flops(r)
-        row[f"dense_train_flops_{stage}"] = stage_flops(r, "train_flops_dense")
-        row[f"train_examples_{stage}"] = stage_flops(r, "train_examples")
-        row[f"device_{stage}"] = r.get("device")
-    for part, stages in (("own", [s for s in results if s not in skipped]), ("shared", [s for s in results if s in skipped])):
-        row[f"cost_flops_{part}"] = _sum(stage_flops(results[s]) for s in stages)
-        row[f"cost_flops_dense_{part}"] = _sum(stage_flops(results[s], "train_flops_dense") for s in stages)
-        row[f"cost_seconds_{part}"] = sum(float(results[s].get("seconds") or 0.0) for s in stages)
-    row["cost_device"] = _device_label(r.get("device") for r in results.values())
-    row["cost_unmeasured"] = [s for s, r in results.items() if stage_flops(r) is None]
-    row["cost_scope"] = SCOPE
-
-    def equiv(stages):
-        examples = _sum(stage_flops(results[s], "train_examples") for s in stages)
-        return None if examples is None or not num_train else examples / num_train
-
-    row["student_epochs_equiv"] = equiv([s for s in results if s != "teacher"])
-    row["teacher_epochs_equiv"] = equiv(["teacher"]) if "teacher" in results else None
-    row["teacher_epochs"] = results["teacher"].get("epochs") if "teacher" in results else None
-    return row
-
-
-# -- a sweep ------------------------------------------------------------------------------------------
 def stage_costs(rows: list[dict]) -> list[dict]:
     """Every distinct stage (by key) of the rows, once: ``stage``, ``key``, ``flops``, ``flops_dense``,
     ``examples``, ``seconds``, ``device``, the ``methods`` that used it and how many ``jobs`` did.
@@ -121,11 +43,11 @@ def stage_costs(rows: list[dict]) -> list[dict]:
 def _totals(stages: list[dict]) -> dict:
     return {
         "stages": len(stages),
-        "flops": _sum(s["flops"] for s in stages),
-        "flops_dense": _sum(s["flops_dense"] for s in stages),
-        "flops_teacher": _sum(s["flops"] for s in stages if s["stage"] == "teacher"),
+        "flops": sum_or_none(s["flops"] for s in stages),
+        "flops_dense": sum_or_none(s["flops_dense"] for s in stages),
+        "flops_teacher": sum_or_none(s["flops"] for s in stages if s["stage"] == "teacher"),
         "seconds": sum(s["seconds"] for s in stages),
-        "seconds_device": _device_label(s["device"] for s in stages),
+        "seconds_device": device_label(s["device"] for s in stages),
         "unmeasured": sorted({s["stage"] for s in stages if s["flops"] is None}),
     }
 
@@ -174,7 +96,7 @@ def cost_by_method(rows: list[dict], by: tuple[str, ...] = ("method",)) -> list[
         for keys in info["seeds"].values():
             chosen = [stages[k] for k in sorted(keys)]
             totals = _totals(chosen)
-            totals["flops_exclusive"] = _sum(s["flops"] for s in chosen if users[s["key"]] == {g})
+            totals["flops_exclusive"] = sum_or_none(s["flops"] for s in chosen if users[s["key"]] == {g})
             per_seed.append(totals)
             devices.update(s["device"] for s in chosen)
         row = dict(zip(by, g))
@@ -182,7 +104,7 @@ def cost_by_method(rows: list[dict], by: tuple[str, ...] = ("method",)) -> list[
             seeds=len(per_seed), jobs=info["jobs"], jobs_without_cost=info["without"],
             **{f: _mean(t[f] for t in per_seed) for f in
                ("stages", "flops", "flops_dense", "flops_teacher", "flops_exclusive", "seconds")},
-            seconds_device=_device_label(devices),
+            seconds_device=device_label(devices),
             unmeasured=sorted({s for t in per_seed for s in t["unmeasured"]}),
         )
         out.append(row)

@@ -10,10 +10,12 @@
 * ``radar_*``: one polygon per method, one axis per sparsity; the radius is test top-1 in %.
 * ``cost_*``: training FLOPs, seconds (with the device) and epochs per job.
 
-A method has the same colour in every plot (:data:`METHOD_COLORS`; unknown names get a fixed
-colour from their name). Line style and marker fill say whether retraining used KD (solid and
-filled: KD; dashed and hollow: without); a sanity-check variant has its method's colour and its
-own marker. Published reference numbers (``experiments/reference/``) are dotted with squares.
+A method has the same colour in every plot: its ``color`` in the method registry, passed in as a
+``{method: colour}`` mapping (``colors``; :func:`tgp.report.cli.method_colors` reads it); a method
+the mapping lacks (a sweep of a method since removed) gets a fixed colour from its name. Line
+style and marker fill say whether retraining used KD (solid and filled: KD; dashed and hollow:
+without); a sanity-check variant has its method's colour and its own marker. Published reference
+numbers (``experiments/reference/``) are dotted with squares.
 """
 
 from __future__ import annotations
@@ -32,15 +34,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-from tgp.report.aggregate import method_rows, same_model, model_label, variant_label  # noqa: E402
+from tgp.report.aggregate import method_rows, uses_teacher, variant_label  # noqa: E402
+from tgp.report.references import model_label, same_model  # noqa: E402
 
 log = logging.getLogger("tgp")
 
-#: one colour per method in every plot of every report
-METHOD_COLORS = {
-    "tgp": "#1f77b4", "ce_grad": "#ff7f0e", "magnitude": "#2ca02c", "random": "#7f7f7f", "snip": "#d62728",
-    "epsd": "#9467bd", "imp": "#8c564b", "colt": "#e377c2", "sdp": "#bcbd22",
-}
+#: colours of methods without one in the mapping, picked by a hash of the name
 _SPARE_COLORS = ("#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
                  "#9edae5")
 TEACHER_COLOR, DENSE_COLOR = "black", "#555555"
@@ -49,17 +48,18 @@ KD_NOTE = "solid, filled: retrained with KD · dashed, hollow: without KD"
 ACC_UNIT = "test top-1 %"
 
 
-def method_color(method) -> str:
-    """The fixed colour of a method (a published number of the same method gets it too)."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
+def method_color(method, colors: dict[str, str] | None = None) -> str:
+    """The fixed colour of a method (a published number of the same method gets it too): ``colors[method]``,
+    else one of the spare colours chosen by the name (the same in every report)."""
+    if colors and method in colors:
+        return colors[method]
     return _SPARE_COLORS[zlib.crc32(str(method).encode()) % len(_SPARE_COLORS)]
 
 
-def style(method, retrain_kd, sanity=None) -> dict:
-    """Matplotlib keywords for one variant: colour by method, KD by line style and marker fill,
-    a sanity check by its marker."""
-    color = method_color(method)
+def style(method, retrain_kd, sanity=None, colors: dict[str, str] | None = None) -> dict:
+    """Matplotlib keywords for one variant: colour by method (:func:`method_color`), KD by line style
+    and marker fill, a sanity check by its marker."""
+    color = method_color(method, colors)
     kw = {"color": color, "linestyle": "-" if retrain_kd else "--",
           "marker": SANITY_MARKERS.get(sanity, "s") if sanity else "o",
           "markerfacecolor": color if retrain_kd else "white", "markeredgecolor": color}
@@ -73,7 +73,7 @@ def _by_setting(groups: list[dict], metric: str = "top1_best_val") -> dict[tuple
     out: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for g in method_rows(groups):
         if isinstance(g["target_sparsity"], (int, float)) and g.get(f"{metric}_mean") is not None:
-            label = g.get("variant") or variant_label(g["method"], g["retrain_kd"], g.get("sanity"))
+            label = g["variant"]
             out[(g["dataset"], g["model"])][label].append(g)
     for variants in out.values():
         for rows in variants.values():
@@ -126,7 +126,7 @@ def _density_axis(ax, densities) -> None:
     ax.set_xlabel("density = 1 − target sparsity (% of prunable weights kept, log scale)")
 
 
-def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "top1_best_val") -> list[Path]:
+def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "top1_best_val", colors=None) -> list[Path]:
     """Top-1 vs density (log); markers only at the sparsities that were run; CI bands; dense lines."""
     paths = []
     for (dataset, model), variants in sorted(_by_setting(groups, metric).items(), key=lambda kv: str(kv[0])):
@@ -136,7 +136,7 @@ def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "top1_b
             rows = [g for g in rows if g["target_sparsity"] < 1]
             if not rows:
                 continue
-            kw = style(rows[0]["method"], rows[0]["retrain_kd"], rows[0].get("sanity"))
+            kw = style(rows[0]["method"], rows[0]["retrain_kd"], rows[0].get("sanity"), colors)
             xs = [1 - g["target_sparsity"] for g in rows]
             densities += xs
             ys = [100 * g[f"{metric}_mean"] for g in rows]
@@ -151,7 +151,7 @@ def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "top1_b
             rows = [r for r in rows if r["sparsity"] < 1]
             densities += [1 - r["sparsity"] for r in rows]
             ax.plot([1 - r["sparsity"] for r in rows], [100 * r["top1"] for r in rows], linestyle=":", marker="s",
-                    color=method_color(method), alpha=0.8, label=label)
+                    color=method_color(method, colors), alpha=0.8, label=label)
         _draw_baselines(ax, groups, dataset, model)
         _density_axis(ax, densities)
         checkpoint = "best-val checkpoint" if metric == "top1_best_val" else "last epoch"
@@ -183,7 +183,7 @@ def _layer_report(row: dict) -> dict | None:
         return None
 
 
-def layer_densities(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
+def layer_densities(rows: list[dict], colors=None) -> dict[tuple, dict[str, dict]]:
     """(dataset, model, target sparsity) → variant label → ``{"layers": [names], "density": [mean over
     seeds], "n": seeds, "style": ...}`` from each job's final ``sparsity_report.json`` (in its ``mask_stage``)."""
     acc: dict[tuple, dict[str, dict]] = defaultdict(dict)
@@ -192,10 +192,10 @@ def layer_densities(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
         if not layers or not isinstance(r.get("target_sparsity"), (int, float)):
             continue
         key = (r.get("dataset"), model_label(r.get("model"), r.get("model_width")), r["target_sparsity"])
-        label = variant_label(r.get("method"), r.get("retrain_kd"), r.get("sanity") or None)
+        label = variant_label(r.get("method"), r.get("retrain_kd"), r.get("sanity") or None, uses_teacher(r))
         slot = acc[key].setdefault(label, {"sums": defaultdict(float), "counts": defaultdict(int), "order": [],
                                            "n": 0, "style": style(r.get("method"), r.get("retrain_kd"),
-                                                                  r.get("sanity") or None)})
+                                                                  r.get("sanity") or None, colors)})
         slot["n"] += 1
         for name, d in layers.items():
             if not d.get("total"):
@@ -211,10 +211,10 @@ def layer_densities(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
     return out
 
 
-def plot_layer_density(rows: list[dict], out_dir: Path) -> list[Path]:
+def plot_layer_density(rows: list[dict], out_dir: Path, colors=None) -> list[Path]:
     """Per-layer density of each method's mask, one figure per (dataset, model, sparsity)."""
     paths = []
-    for (dataset, model, sparsity), variants in sorted(layer_densities(rows).items(), key=lambda kv: str(kv[0])):
+    for (dataset, model, sparsity), variants in sorted(layer_densities(rows, colors).items(), key=lambda kv: str(kv[0])):
         names = max((v["layers"] for v in variants.values()), key=len)
         fig, ax = plt.subplots(figsize=(max(7.0, 0.28 * len(names) + 3), 4.8))
         index = {n: i for i, n in enumerate(names)}
@@ -244,7 +244,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "top1_best_val") -> list[Path]:
+def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "top1_best_val", colors=None) -> list[Path]:
     """Top-1 vs training FLOPs per job (the Pareto view), one panel per sparsity; only when the
     jobs recorded ``cost_flops_own/_shared``."""
     paths = []
@@ -262,7 +262,7 @@ def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "top1_best_val")
         for ax, level in zip(axes.flat, levels):
             pts = []
             for g in sorted((g for g in rows if g["target_sparsity"] == level), key=lambda g: g["variant"]):
-                kw = style(g["method"], g["retrain_kd"], g.get("sanity"))
+                kw = style(g["method"], g["retrain_kd"], g.get("sanity"), colors)
                 x, y = g["cost_flops_mean"], 100 * g[f"{metric}_mean"]
                 err = None
                 if g.get(f"{metric}_lo") is not None:
@@ -300,7 +300,7 @@ def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "top1_best_val")
     return paths
 
 
-def plot_radar(groups, refs, out_dir: Path, metric: str = "top1_best_val") -> list[Path]:
+def plot_radar(groups, refs, out_dir: Path, metric: str = "top1_best_val", colors=None) -> list[Path]:
     """One polygon per method, one axis per sparsity level (like the paper's Figure 1)."""
     paths = []
     for (dataset, model), variants in sorted(_by_setting(groups, metric).items(), key=lambda kv: str(kv[0])):
@@ -322,13 +322,13 @@ def plot_radar(groups, refs, out_dir: Path, metric: str = "top1_best_val") -> li
             return a, v
 
         for label, rows in sorted(variants.items()):
-            kw = style(rows[0]["method"], rows[0]["retrain_kd"], rows[0].get("sanity"))
+            kw = style(rows[0]["method"], rows[0]["retrain_kd"], rows[0].get("sanity"), colors)
             res = polygon({g["target_sparsity"]: 100 * g[f"{metric}_mean"] for g in rows}, label=label, **kw)
             if res and not rows[0].get("sanity"):
                 ax.fill([*res[0], res[0][0]], [*res[1], res[1][0]], color=kw["color"], alpha=0.06)
         for (method, label), rows in sorted(_refs_for(refs, dataset, model).items()):
             polygon({r["sparsity"]: 100 * r["top1"] for r in rows if r["sparsity"] in levels},
-                    color=method_color(method), linestyle=":", marker="s", label=label)
+                    color=method_color(method, colors), linestyle=":", marker="s", label=label)
         if drawn:  # the radius spans the data (from 0 the methods would be indistinguishable)
             lo, hi = min(drawn), max(drawn)
             pad = max(1.0, 0.1 * (hi - lo))
@@ -350,12 +350,12 @@ def plot_radar(groups, refs, out_dir: Path, metric: str = "top1_best_val") -> li
     return paths
 
 
-def plot_cost(groups, out_dir: Path) -> list[Path]:
+def plot_cost(groups, out_dir: Path, colors=None) -> list[Path]:
     """Training cost per method: mean FLOPs (when recorded), seconds and epochs per job."""
     paths = []
     by_setting: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for g in method_rows(groups):
-        by_setting[(g["dataset"], g["model"])][g.get("variant") or variant_label(g["method"], g["retrain_kd"])].append(g)
+        by_setting[(g["dataset"], g["model"])][g["variant"]].append(g)
     for (dataset, model), variants in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
         labels = sorted(variants)
 
@@ -370,10 +370,10 @@ def plot_cost(groups, out_dir: Path) -> list[Path]:
         panels.append(("seconds_total_mean", f"seconds per job ({', '.join(devices) or 'device not recorded'})"))
         panels.append(("epochs_total_mean", "epochs per job (all stages)"))
         fig, axes = plt.subplots(1, len(panels), figsize=(max(7, 1.1 * len(labels) + 3) * len(panels) / 2, 4.2))
-        colors = [method_color(variants[lb][0]["method"]) for lb in labels]
+        bar_colors = [method_color(variants[lb][0]["method"], colors) for lb in labels]
         hatches = ["" if variants[lb][0]["retrain_kd"] else "//" for lb in labels]
         for ax, (key, ylabel) in zip(axes, panels):
-            bars = ax.bar(labels, [mean_of(variants[lb], key) for lb in labels], color=colors, edgecolor="white")
+            bars = ax.bar(labels, [mean_of(variants[lb], key) for lb in labels], color=bar_colors, edgecolor="white")
             for bar, h in zip(bars, hatches):
                 bar.set_hatch(h)
             ax.set_ylabel(ylabel, fontsize=8)
@@ -388,8 +388,12 @@ def plot_cost(groups, out_dir: Path) -> list[Path]:
     return paths
 
 
-def make_plots(groups, refs, out_dir: Path, rows: list[dict] | None = None) -> list[Path]:
-    """All plots; ``rows`` (the jobs' metrics rows, with ``run_dir``) for the per-layer densities."""
+def make_plots(groups, refs, out_dir: Path, rows: list[dict] | None = None,
+               colors: dict[str, str] | None = None) -> list[Path]:
+    """All plots; ``rows`` (the jobs' metrics rows, with ``run_dir``) for the per-layer densities;
+    ``colors``: ``{method: colour}`` (:func:`method_color`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [*plot_accuracy_vs_sparsity(groups, refs, out_dir), *plot_layer_density(rows or [], out_dir),
-            *plot_accuracy_vs_flops(groups, out_dir), *plot_radar(groups, refs, out_dir), *plot_cost(groups, out_dir)]
+    return [*plot_accuracy_vs_sparsity(groups, refs, out_dir, colors=colors),
+            *plot_layer_density(rows or [], out_dir, colors=colors),
+            *plot_accuracy_vs_flops(groups, out_dir, colors=colors),
+            *plot_radar(groups, refs, out_dir, colors=colors), *plot_cost(groups, out_dir, colors=colors)]

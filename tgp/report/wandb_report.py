@@ -46,7 +46,8 @@ def log_comparison(groups: list[dict], refs: list[dict], plots: list[Path], *, n
     import wandb
 
     from tgp.logging_wandb import ensure_wandb_mode
-    from tgp.report.aggregate import method_rows, same_model
+    from tgp.report.aggregate import method_rows
+    from tgp.report.references import same_model
 
     mode = ensure_wandb_mode()
     save_dir = Path(save_dir) if save_dir else (Path(plots[0]).parent if plots else Path("."))

@@ -1,9 +1,17 @@
-"""Model size and FLOPs: dense versus what remains after pruning (shrinkbench's two numbers)."""
+"""Model size and FLOPs: dense versus what remains after pruning (shrinkbench's two numbers).
+
+FLOPs are counted on an *example input*: a batch in the model's input format, as the datamodule's
+``example_input(batch_size)`` gives it (images: float zeros ``(B, C, H, W)``; token ids: integers
+``(B, L)``), or a callable returning one. The counts are per example: the first one of the batch
+goes through the network, with its dtype kept.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from tgp.pruning.mask import prunable_parameters
@@ -30,9 +38,24 @@ def masked_sparsity(model: nn.Module, mask: dict | None = None) -> tuple[int, in
     return total, zeros
 
 
+ExampleInput = Tensor | Callable[[], Tensor]
+
+
+def example_batch(example: ExampleInput, device: torch.device | str | None = None) -> Tensor:
+    """The first example of ``example`` (a batch, or a callable returning one) as a batch of one, on
+    ``device`` when given; its dtype kept (float images, integer token ids)."""
+    x = example() if callable(example) else example
+    if not isinstance(x, Tensor) or x.ndim < 1 or len(x) < 1:
+        raise TypeError(f"an example input is a batch tensor (B, ...) with B >= 1 or a callable returning one, "
+                        f"got {type(x).__name__}")
+    x = x[:1]
+    return x.to(device) if device is not None else x
+
+
 @torch.no_grad()
-def flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """``(dense, nonzero)`` FLOPs of one forward pass on one sample of ``input_shape`` (C, H, W).
+def flops(model: nn.Module, example: ExampleInput) -> tuple[int, int]:
+    """``(dense, nonzero)`` FLOPs of one forward pass on one example (the first of ``example``, see
+    :func:`example_batch`).
 
     Dense FLOPs come from ``torch.utils.flop_counter`` (2 per multiply-add). For the nonzero
     count, each Conv2d/Linear's FLOPs are scaled by the density of its weight, the theoretical
@@ -43,7 +66,7 @@ def flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
     device = next(model.parameters()).device
     try:
         with FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape, device=device))
+            model(example_batch(example, device))
     finally:
         model.train(was_training)
     dense = int(counter.get_total_flops())
@@ -59,7 +82,7 @@ def flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 # -- training FLOPs ---------------------------------------------------------------------------------
-# What one training example costs, measured once per (architecture, input shape, pass) with
+# What one training example costs, measured once per (architecture, input shape and dtype, pass) with
 # torch.utils.flop_counter on a CPU copy of the network and cached: the same network trained in
 # forty stages is counted once. The counter counts matrix products and convolutions (2 FLOPs per
 # multiply-add), forward and backward as PyTorch executes them (the backward is measured, not
@@ -78,17 +101,18 @@ def _signature(net: nn.Module) -> tuple:
     return type(net).__module__, type(net).__qualname__, repr(net), shapes
 
 
-def layer_flops(net: nn.Module, input_shape: tuple[int, ...], *, backward: bool = True,
+def layer_flops(net: nn.Module, example: ExampleInput, *, backward: bool = True,
                 call: str | None = None) -> tuple[int, dict[str, int]]:
-    """``(total, {module name: FLOPs})`` of one example of ``input_shape`` (C, H, W) through ``net``:
+    """``(total, {module name: FLOPs})`` of one example (the first of ``example``) through ``net``:
     forward, plus the backward of the parameters' gradients when ``backward`` (the input needs no
     gradient, as in training). ``call`` names the method to run instead of ``forward`` (e.g.
     ``"forward_features"``). The per-module dict holds the Conv2d and Linear layers (their forward
     and backward work). Measured on a CPU copy in eval mode (the counted operations are the same
-    in train mode); cached per (architecture, shape, pass)."""
+    in train mode); cached per (architecture, input shape and dtype, pass)."""
     import copy
 
-    key = (_signature(net), tuple(int(s) for s in input_shape), bool(backward), call)
+    x = example_batch(example, "cpu")
+    key = (_signature(net), tuple(x.shape), x.dtype, bool(backward), call)
     if key not in _LAYER_FLOPS:
         clone = copy.deepcopy(net).cpu().float().eval()
         for p in clone.parameters():
@@ -101,7 +125,7 @@ def layer_flops(net: nn.Module, input_shape: tuple[int, ...], *, backward: bool 
             handles = [h for name, module in clone.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))
                        for h in _attribute(module, name, counter, layers)]
             try:
-                out = fn(torch.zeros(1, *input_shape))
+                out = fn(x)
                 if backward:
                     out.float().sum().backward()
             finally:
@@ -161,20 +185,21 @@ def nonzero_flops(total: int, layers: dict[str, int], densities: dict[str, float
 class TrainingFlops:
     """Per-example training FLOPs of one stage's training step, picklable (DDP ranks carry it).
 
-    ``student``: forward + backward of the trained network; ``teacher``: forward of a frozen
-    network run on the same examples (a KD teacher, SDP's dense copy), counted dense;
-    ``partners``: the second half of every batch only goes forward through the student, without
-    gradients (CS-KD's class partners). ``batch(n, densities)`` is the FLOPs of one batch of
-    ``n`` examples, ``(dense, nonzero)``.
+    Measured on the first example of ``example`` (a batch or a callable returning one).
+    ``student``: forward + backward of the trained network; ``teacher``: forward of a frozen network
+    run on the same examples (a KD teacher, SDP's dense copy), counted dense; ``partners``: the
+    second half of every batch only goes forward through the student, without gradients (CS-KD's
+    class partners). ``batch(n, densities)`` is the FLOPs of one batch of ``n`` examples,
+    ``(dense, nonzero)``.
     """
 
-    def __init__(self, net: nn.Module, input_shape: tuple[int, ...], teacher: nn.Module | None = None,
+    def __init__(self, net: nn.Module, example: ExampleInput, teacher: nn.Module | None = None,
                  teacher_call: str | None = None, partners: bool = False):
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.student, self.student_layers = layer_flops(net, self.input_shape, backward=True)
-        self.teacher = layer_flops(teacher, self.input_shape, backward=False, call=teacher_call)[0] if teacher is not None else 0
+        x = example_batch(example, "cpu")  # counted here; only the counts are kept (and pickled)
+        self.student, self.student_layers = layer_flops(net, x, backward=True)
+        self.teacher = layer_flops(teacher, x, backward=False, call=teacher_call)[0] if teacher is not None else 0
         self.partners = bool(partners)
-        self.forward, self.forward_layers = layer_flops(net, self.input_shape, backward=False) if partners else (0, {})
+        self.forward, self.forward_layers = layer_flops(net, x, backward=False) if partners else (0, {})
 
     def per_example(self, densities: dict[str, float] | None = None) -> tuple[int, int]:
         """``(dense, nonzero)`` FLOPs of one example with full forward + backward (and the teacher)."""
@@ -191,11 +216,11 @@ class TrainingFlops:
         return h * fb_dense + (n - h) * self.forward, h * fb_nonzero + (n - h) * f_nonzero
 
 
-def training_flops_per_example(net: nn.Module, input_shape: tuple[int, ...], teacher: nn.Module | None = None,
+def training_flops_per_example(net: nn.Module, example: ExampleInput, teacher: nn.Module | None = None,
                                mask: dict | None = None, teacher_call: str | None = None) -> tuple[int, int]:
-    """``(dense, nonzero)`` FLOPs of training on one example of ``input_shape`` (C, H, W): forward
+    """``(dense, nonzero)`` FLOPs of training on one example (the first of ``example``): forward
     and backward of ``net`` plus, when given, the forward of a frozen ``teacher`` (``teacher_call``:
     its method to run, default ``forward``). ``nonzero`` scales each of ``net``'s Conv2d/Linear
     layers by the density of its ``mask`` entry (``{param name: bool}``, True = kept); the
     teacher is counted dense. Cached per architecture and input shape."""
-    return TrainingFlops(net, input_shape, teacher, teacher_call).per_example(mask_densities(mask))
+    return TrainingFlops(net, example, teacher, teacher_call).per_example(mask_densities(mask))

@@ -19,8 +19,9 @@ layers become the identity, biases are zeroed, every masked weight is set to its
 weight the mask does not cover to ``1[w ≠ 0]``), max-pooling becomes average pooling with the
 same window (a max routes its gradient to one input only, while every input of the window is on
 a path). Each Conv2d/Linear output ``z`` is binarized, ``a = 1[z > 0]``, with the gradient
-binarized the same way on the way back, ``g_z = 1[g_a > 0]``; an all-ones input ``(1, C, H, W)``
-goes forward and ``S = Σ logits`` backward. For a weight ``w_{ij}`` used at positions ``p``::
+binarized the same way on the way back, ``g_z = 1[g_a > 0]``; an all-ones input of one example's
+shape (e.g. ``(1, C, H, W)``) goes forward and ``S = Σ logits`` backward. For a weight ``w_{ij}``
+used at positions ``p``::
 
     ∂S/∂w_{ij} = Σ_p x_i(p) · g_j(p)
 
@@ -30,6 +31,11 @@ output position reaches a logit. So ``w`` is effective iff ``mask = 1`` and ``�
 The binarization keeps every activation a small integer (≤ the fan-in times the depth of
 identity shortcuts) and every gradient ≤ 1 per use, so there is neither overflow nor underflow
 at any depth; float64 is used anyway.
+
+Inputs it cannot analyze: reachability is propagated through the input's *values*, so the input must
+be floating point. For an integer input (token ids, looked up in an embedding) there is no all-ones
+input to send, and :func:`effective_mask`, :func:`effective_sparsity` and :func:`effective_metrics`
+return ``None`` (``None`` fields) instead of raising.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from tgp.pruning.mask import Mask, prunable_parameters
+from tgp.measure.flops import ExampleInput, example_batch, flops
+from tgp.pruning.mask import Mask, apply_mask, prunable_parameters
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -70,23 +77,23 @@ def _replace(module: nn.Module) -> None:
             _replace(child)
 
 
-def _input_shape(input_shape) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) == 4 and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) != 3:
-        raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-    return shape
+def analyzable(example: Tensor) -> bool:
+    """Whether effective sparsity can be computed on inputs like ``example``: floating point only."""
+    return example.is_floating_point()
 
 
-def effective_mask(net: nn.Module, mask: Mask | None, input_shape) -> Mask:
-    """The effective weights of ``net`` under ``mask`` at ``input_shape`` = (C, H, W) (see the module doc).
+def effective_mask(net: nn.Module, mask: Mask | None, example: ExampleInput) -> Mask | None:
+    """The effective weights of ``net`` under ``mask`` on inputs shaped like ``example`` (a batch in the
+    model's input format or a callable returning one; its first example's shape is used; see the
+    module doc).
 
     Returns ``{name: bool}`` for the weights ``mask`` covers (every prunable Conv2d/Linear weight
     when ``mask`` is None, i.e. the dense network with all of them kept): True = kept and on some
-    input→output path. ``net`` is not modified.
+    input→output path; ``None`` for an input it cannot analyze (integer dtype). ``net`` is not modified.
     """
-    shape = _input_shape(input_shape)
+    x = example_batch(example)
+    if not analyzable(x):
+        return None
     if mask is None:
         mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(net).items()}
     device = next(net.parameters()).device
@@ -117,7 +124,7 @@ def effective_mask(net: nn.Module, mask: Mask | None, input_shape) -> Mask:
         params[name].requires_grad_(True)
     try:
         with torch.enable_grad():
-            out = work(torch.ones(1, *shape, device=device, dtype=dtype))
+            out = work(torch.ones_like(x, device=device, dtype=dtype))
             out.sum().backward()
     finally:
         for h in hooks:
@@ -129,9 +136,12 @@ def effective_mask(net: nn.Module, mask: Mask | None, input_shape) -> Mask:
     }
 
 
-def effective_sparsity(net: nn.Module, mask: Mask | None, input_shape) -> float:
-    """``1 − |effective| / |covered|`` over the weights ``mask`` covers (all prunable ones when None)."""
-    eff = effective_mask(net, mask, input_shape)
+def effective_sparsity(net: nn.Module, mask: Mask | None, example: ExampleInput) -> float | None:
+    """``1 − |effective| / |covered|`` over the weights ``mask`` covers (all prunable ones when None);
+    ``None`` for an input it cannot analyze (integer dtype)."""
+    eff = effective_mask(net, mask, example)
+    if eff is None:
+        return None
     total = sum(m.numel() for m in eff.values())
     kept = sum(int(m.sum()) for m in eff.values())
     return 1 - kept / max(total, 1)
@@ -144,27 +154,28 @@ def nonzero_mask(net: nn.Module, mask: Mask | None = None) -> Mask:
     return {n: params[n].detach().ne(0).cpu() for n in names}
 
 
-def effective_metrics(net: nn.Module, mask: Mask | None, input_shape) -> dict:
+def effective_metrics(net: nn.Module, mask: Mask | None, example: ExampleInput) -> dict:
     """The run row's connectivity fields for ``net`` (its kept weights read off the weights, over the
-    set ``mask`` covers, every prunable weight when None) at ``input_shape`` = (C, H, W):
+    set ``mask`` covers, every prunable weight when None) on inputs shaped like ``example`` (a batch
+    or a callable returning one), each ``None`` for an input it cannot analyze (integer dtype):
 
     * ``effective_sparsity``: of the covered weights, the fraction on no input→output path;
     * ``effective_sparsity_dense``: the same for the dense network (every covered weight kept) — the
       weights the resolution alone makes dead (e.g. taps that only see zero padding);
-    * ``flops_effective``: nonzero FLOPs (:func:`tgp.report.flops.flops`) with the non-effective
+    * ``flops_effective``: nonzero FLOPs (:func:`tgp.measure.flops.flops`) with the non-effective
       weights zeroed as well.
     """
-    from tgp.pruning.mask import apply_mask
-    from tgp.report.flops import flops
-
+    x = example_batch(example)
+    if not analyzable(x):
+        return dict.fromkeys(("effective_sparsity", "effective_sparsity_dense", "flops_effective"))
     covered = nonzero_mask(net, mask)
-    eff = effective_mask(net, covered, input_shape)
-    dense = effective_mask(net, {n: torch.ones_like(m) for n, m in covered.items()}, input_shape)
+    eff = effective_mask(net, covered, x)
+    dense = effective_mask(net, {n: torch.ones_like(m) for n, m in covered.items()}, x)
     total = max(sum(m.numel() for m in eff.values()), 1)
     pruned = copy.deepcopy(net)
     apply_mask(pruned, eff)
     return {
         "effective_sparsity": 1 - sum(int(m.sum()) for m in eff.values()) / total,
         "effective_sparsity_dense": 1 - sum(int(m.sum()) for m in dense.values()) / total,
-        "flops_effective": flops(pruned, _input_shape(input_shape))[1],
+        "flops_effective": flops(pruned, x)[1],
     }

@@ -1,4 +1,9 @@
-"""The per-run result: ``metrics.json`` (one flat row) and the one-screen summary."""
+"""The per-run result: ``metrics.json`` (one flat row) and the one-screen summary.
+
+The row is the one record of a run that :mod:`tgp.report` reads: what the report needs to know
+about the method (its dense stage, whether it uses a teacher) and the data (``dataset``, the
+datamodule's ``name``) is written here, so the report never looks at the code that ran.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tgp.pruning.mask import Mask
-from tgp.report.connectivity import effective_metrics
-from tgp.report.flops import count_parameters, flops, masked_sparsity
+from tgp.measure.connectivity import effective_metrics
+from tgp.measure.cost import job_cost_fields
+from tgp.measure.flops import count_parameters, flops, masked_sparsity
 
 
 def _pct(x) -> str:
@@ -23,12 +29,15 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
     """The flat row of the run-directory contract (see the README).
 
     ``measured_sparsity`` is over the weights the mask covers (the prunable set, after
-    ``pruning.exclude``), read off the weights; ``sparsity_all`` over every parameter.
+    ``pruning.exclude``), read off the weights; ``sparsity_all`` over every parameter. ``dataset`` is
+    the datamodule's ``name`` (the one dataset name of a run); ``dense_stage`` and ``uses_teacher``
+    are the method spec's (:class:`~tgp.methods.MethodSpec`), for the report's dense-student rows and
+    its ±KD variant labels.
     """
     dm = job.dm
     total_prunable, zeros = masked_sparsity(net, mask)
     params_total, params_nonzero = count_parameters(net)
-    flops_dense, flops_nonzero = flops(net, (dm.in_channels, dm.image_size, dm.image_size))
+    flops_dense, flops_nonzero = flops(net, dm.example_input)
     res = job.results
     final = res[final_stage]
     dense_stage = spec.dense_stage
@@ -37,6 +46,8 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
         "dataset": dm.name,
         "model": str(OmegaConf.select(cfg, "model.name", default="?")),
         "model_width": OmegaConf.select(cfg, "model.width", default=None),  # "resnet18" names every width
+        "uses_teacher": bool(spec.uses_teacher),
+        "dense_stage": dense_stage,
         "teacher": str(OmegaConf.select(cfg, "teacher.net.name", default="")) if spec.uses_teacher else None,
         "teacher_width": OmegaConf.select(cfg, "teacher.net.width", default=None) if spec.uses_teacher else None,
         "seed": int(cfg.seed),
@@ -61,8 +72,8 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
         "top1_best_val": final.get("top1_best_val"),
         "val_acc_best": final.get("val_acc_best"),
     }
-    # Effective sparsity (weights on no input→output path at this resolution) and effective FLOPs: tgp.report.connectivity
-    row.update(effective_metrics(net, mask, (dm.in_channels, dm.image_size, dm.image_size)))
+    # Effective sparsity (weights on no input→output path at this resolution) and effective FLOPs: tgp.measure.connectivity
+    row.update(effective_metrics(net, mask, dm.example_input))
     # What the final stage actually trained with (batch_size is global; see tgp.training).
     row["world_size"] = final.get("world_size")
     row["per_rank_batch"] = final.get("per_rank_batch")
@@ -74,11 +85,9 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
     row["epochs_total"] = sum((r.get("epochs") or 0) for r in res.values())
     row["seconds_total"] = sum((r.get("seconds") or 0.0) for r in res.values())
     row["stages_skipped"] = list(job.stages.skipped)
-    # Cost that compares across methods and machines (tgp.report.cost): training FLOPs per stage, the job's own
+    # Cost that compares across methods and machines (tgp.measure.cost): training FLOPs per stage, the job's own
     # stages vs those reused from the stage store, stage keys to count each stage once per sweep, and epochs in
     # full-data-equivalent units (student_epochs_equiv, teacher separate).
-    from tgp.report.cost import job_cost_fields
-
     row.update(job_cost_fields(res, job.stages.keys, job.stages.skipped, getattr(dm, "num_train", None)))
     row.update(placement_fields())
     return row

@@ -1,0 +1,1 @@
+"""Task metrics beyond top-1: each text task's official metric (:mod:`tgp.metrics.text`)."""
