@@ -126,7 +126,9 @@ def test_cfg_with_multirun_is_one_paragraph_not_a_traceback(tmp_path):
     (["stop_after=prun"], ["stop_after='prun'", "teacher, kd_pretrain, prune, retrain", "did you mean stop_after=prune?"]),
 ])
 def test_job_settings_refused_before_the_first_stage(args, needles, tmp_path):
-    assert_refused(run_cli(["experiment=smoke", *args], tmp_path, check=False), tmp_path, *needles)
+    # Refused in the job, before it writes anything: not even the run folder Hydra made for it stays.
+    assert_refused(run_cli(["experiment=smoke", *args], tmp_path, check=False), tmp_path, *needles,
+                   nothing_written=True)
 
 
 def test_mask_of_another_model_refused_before_training(tmp_path):
@@ -136,7 +138,7 @@ def test_mask_of_another_model_refused_before_training(tmp_path):
     other = build_model("resnet18", num_classes=10, in_channels=1, width=8)
     save_mask({n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(other).items()}, tmp_path / "m.pt")
     proc = run_cli(["experiment=smoke", f"pruning.mask={tmp_path}/m.pt"], tmp_path, check=False)
-    assert_refused(proc, tmp_path, "pruning.mask=", "does not fit")
+    assert_refused(proc, tmp_path, "pruning.mask=", "does not fit", nothing_written=True)
 
 
 @pytest.mark.parametrize("model, names", [
