@@ -38,7 +38,17 @@ DATASETS = {  # dataset → experiment file (conf/experiment/)
     "cifar100": "cifar100_resnet18",
     "tiny_imagenet": "tiny_imagenet_resnet18",
 }
-METHODS = ("tgp", "epsd", "colt", "imp", "magnitude", "snip")
+
+
+def table2_methods() -> tuple[str, ...]:
+    """The methods of the paper's Table 2, from the method registry (``MethodSpec.in_table2``), TGP first."""
+    from tgp.methods import load_all
+
+    names = sorted(n for n, spec in load_all().items() if spec.in_table2)
+    return tuple(sorted(names, key=lambda n: n != "tgp"))
+
+
+METHODS = table2_methods()
 LADDERS = ("ladder_a", "ladder_b")
 SEEDS = (0, 1, 2)
 

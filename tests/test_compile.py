@@ -43,7 +43,6 @@ from tgp.pruning.enforcer import MaskEnforcer
 
 # -- settings -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, match", [
-    (["compile=maybe"], r"compile='maybe': must be true or false"),
     (["compile=true", "compile_mode=reduce_overhead"], r"compile_mode='reduce_overhead'.*did you mean compile_mode=reduce-overhead"),
     (["compile_mode=fast"], r"compile_mode='fast': is not a mode of torch.compile.*max-autotune"),
 ])
@@ -52,6 +51,14 @@ def test_bad_compile_settings_are_one_paragraph_errors(overrides, match, tmp_pat
     with pytest.raises(ConfigError, match=match) as e:
         check_compile(cfg)
     assert "\n" not in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_compile_is_true_or_false(tmp_path):
+    from tgp.checks.values import check_values
+
+    with pytest.raises(ConfigError, match=r"^compile='maybe': must be true or false; this is a text\. Fix: use e\.g\. "
+                                          r"compile=true\.$"):
+        check_values(compose_cfg(["experiment=smoke", "compile=maybe"], tmp_path))
 
 
 def test_a_missing_cpu_compiler_is_refused_before_any_stage(tmp_path, monkeypatch):

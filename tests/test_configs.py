@@ -76,3 +76,42 @@ def test_cli_help_and_cfg_job():
     assert job.returncode == 0
     cfg = OmegaConf.create(job.stdout)
     assert cfg.pruning.sparsity == 0.7 and cfg.name == "smoke"
+
+
+# -- one source for each method setting -------------------------------------------------------------
+def _specs():
+    from tgp.methods import load_all
+
+    return sorted(load_all().items())
+
+
+@pytest.mark.parametrize("name, spec", _specs(), ids=[n for n, _ in _specs()])
+def test_each_method_setting_is_written_once(name, spec):
+    """The settings dataclass types method.*, conf/method/<name>.yaml gives the values: a default in the
+    dataclass would be a second copy of the YAML's (see tgp.methods.registry), a YAML key without a field an
+    unchecked setting, a field without a YAML key a setting without a value."""
+    import dataclasses
+
+    import yaml
+
+    doc = yaml.safe_load((CONF / "method" / f"{name}.yaml").read_text())
+    assert doc.pop("name") == name
+    fields = dataclasses.fields(spec.settings) if spec.settings is not None else ()
+    defaults = [f.name for f in fields if f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING]
+    assert not defaults, f"{spec.settings.__name__} writes defaults for {defaults}: keep them in conf/method/{name}.yaml"
+    assert sorted(f.name for f in fields) == sorted(doc), f"conf/method/{name}.yaml against its settings dataclass"
+
+
+def test_method_settings_check_names_a_missing_value_and_a_wrong_type(tmp_path):
+    from tgp.errors import ConfigError
+    from tgp.methods import get_method
+
+    spec = get_method("imp")
+    cfg = compose_cfg(["method=imp"], tmp_path).method
+    spec.check_settings(cfg)
+    without = OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "rate"})
+    with pytest.raises(ConfigError, match=r"^method.rate=None: method imp needs this setting.*conf/method/imp.yaml"):
+        spec.check_settings(without)
+    with pytest.raises(ConfigError, match=r"^method.max_rounds='many': wrong type"):
+        spec.check_settings(OmegaConf.merge(cfg, {"max_rounds": "many"}))

@@ -72,14 +72,12 @@ def test_exact_common_threshold_is_inside_both_masks():
     assert subset(mask, prev) and subset(ma, prev) and subset(mb, prev)
 
 
-def test_split_classes_and_errors():
+def test_split_classes_and_round_errors():  # a one-class dataset: test_colt_needs_two_classes
     a, b = split_classes(10, seed=0)
     assert len(a) == 5 and sorted(a + b) == list(range(10))
     assert split_classes(10, seed=0) == (a, b)
     a3, b3 = split_classes(3, seed=0)
     assert len(a3) == 1 and len(b3) == 2
-    with pytest.raises(ConfigError, match="data.num_classes"):
-        split_classes(1, seed=0)
     with pytest.raises(ConfigError, match=r"imp\.max_rounds.*imp\.rate=0\.1.*16 rounds"):
         check_rounds("imp", 0.1, 0.8, 3)
 

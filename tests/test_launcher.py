@@ -264,7 +264,7 @@ def node_cfg(*overrides: str):
 ])
 def test_launcher_and_trainer_settings_on_a_4_gpu_machine(overrides, setting):
     from tgp.errors import ConfigError
-    from tgp.precheck import check_node_launcher
+    from tgp.checks.hardware import check_node_launcher
 
     cfg = node_cfg(*overrides)
     if setting is None:

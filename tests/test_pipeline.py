@@ -29,8 +29,21 @@ def test_smoke_run_writes_exact_sparsity_and_matching_artifacts(cli, tmp_path):
     for name, m in mask.items():
         assert torch.all(state[name][~m] == 0), name  # zeros exactly where the mask says
         assert torch.all(state[name][m] != 0), name   # and only there
+    # The final mask beside the final network, both named in the row.
+    assert (row["net_stage"], row["mask_stage"]) == ("retrain", "prune")
+    final = torch.load(run / "mask.pt")
+    assert list(final) == list(mask) and all(torch.equal(final[n], mask[n]) for n in mask)
     assert "dense teacher" in proc.stdout and "retrained (KD)" in proc.stdout
     assert (run / "config.yaml").exists() and (run / "retrain" / "last.ckpt").exists()
+    assert {p.name for p in (run / ".hydra").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    # tgp-eval of a run folder written before <run_dir>/mask.pt: the mask is read from prune/mask.pt.
+    from tgp import eval as tgp_eval
+
+    (run / "mask.pt").unlink()
+    assert tgp_eval.main([str(run), "--no-timing", "--out", str(tmp_path / "eval.json")]) == 0
+    evaluated = read_json(tmp_path / "eval.json")
+    assert evaluated["mask"] == str(run / "prune" / "mask.pt") and evaluated["sparsity_over"] == "mask"
+    assert evaluated["measured_sparsity"] == row["measured_sparsity"] and evaluated["top1"] == row["top1_last"]
     # The frozen teacher's accuracy is logged once per KD fit.
     header, *rows = (run / "kd_pretrain" / "metrics.csv").read_text().splitlines()
     col = header.split(",").index("kd_pretrain/val/teacher_acc")
@@ -140,7 +153,7 @@ def test_mask_file_that_does_not_fit(cli, tmp_path):
     from tgp.pruning import global_threshold, magnitude_scores, save_mask
 
     other = build_model("resnet20", num_classes=10, in_channels=1, width=16)
-    save_mask(global_threshold(magnitude_scores(prunable_parameters(other)), 0.5), tmp_path / "other.pt")
+    save_mask(global_threshold(magnitude_scores(other, prunable_parameters(other)), 0.5), tmp_path / "other.pt")
     assert_clean_error(cli(["experiment=smoke", f"pruning.mask={tmp_path}/other.pt"], check=False), "other.pt", "shape")
 
 

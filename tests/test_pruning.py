@@ -90,7 +90,7 @@ def test_prunable_parameters_and_exclude():
 
 def test_mask_round_trip_and_mismatch(tmp_path):
     net = tiny_net()
-    mask = global_threshold(magnitude_scores(prunable_parameters(net)), 0.7)
+    mask = global_threshold(magnitude_scores(net, prunable_parameters(net)), 0.7)
     save_mask(mask, tmp_path / "mask.pt")
     loaded = load_mask(tmp_path / "mask.pt", net)
     assert all(torch.equal(mask[k], loaded[k]) for k in mask)
@@ -141,6 +141,35 @@ def test_score_is_theta_times_summed_gradient_and_touches_nothing():
     assert all((per_batch[k] >= scores[k] - 1e-6).all() for k in params)  # triangle inequality
 
 
+def test_every_score_has_one_signature_and_the_callback_calls_them_alike():
+    """``score(model, params, batches, loss_fn, *, seed)`` for each score of SCORES, against hand computations;
+    OneShotPruning's mask is the global threshold of exactly that score (no branch per score name)."""
+    from types import SimpleNamespace
+
+    from tgp.pruning import SCORES, OneShotPruning
+
+    net = tiny_net()
+    params = prunable_parameters(net)
+    data = batches(2)
+    loss = lambda m, x, y: nn.functional.cross_entropy(m(x), y)  # noqa: E731
+    g = torch.Generator().manual_seed(7)
+    by_hand = {
+        "magnitude": {n: p.detach().abs() for n, p in params.items()},
+        "random": {n: torch.rand(p.shape, generator=g) for n, p in params.items()},  # drawn in params order
+        "gradient": gradient_scores(net, params, data, loss),  # checked by hand in the test above
+    }
+    assert set(SCORES) == set(by_hand)
+    for name, score in SCORES.items():
+        got = score(net, params, iter(data), loss, seed=7)
+        assert list(got) == list(params) and all(torch.equal(got[n], by_hand[name][n]) for n in params), name
+        if name == "gradient":  # needs the trainer's score batches: covered by the pipeline tests
+            continue
+        module = SimpleNamespace(net=net)  # no objective, no trainer: these scores use neither
+        mask = OneShotPruning(sparsity=0.6, score=name, seed=7).compute_mask(None, module)
+        expected = global_threshold(by_hand[name], 0.6)
+        assert all(torch.equal(mask[n], expected[n]) for n in params), name
+
+
 # -- enforcement during training -----------------------------------------------------------------
 @pytest.mark.parametrize("optimizer", [{"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4},
                                        {"name": "adamw", "weight_decay": 0.05}])
@@ -149,7 +178,7 @@ def test_masked_weights_stay_exactly_zero(optimizer, enforce):
     L.seed_everything(0, verbose=False)
     dm = SyntheticDataModule(num_classes=4, image_size=8, n_train=160, n_test=32, batch_size=16)
     net = build_model("resnet20", num_classes=4, in_channels=3, width=4)
-    mask = global_threshold(magnitude_scores(prunable_parameters(net)), 0.8)
+    mask = global_threshold(magnitude_scores(net, prunable_parameters(net)), 0.8)
     module = ClassifierModule(net, DistillationLoss(kd_weight=0.0), mask=mask, optimizer=optimizer, lr=0.05, epochs=2)
     kept_before = {n: p.detach()[mask[n]].clone() for n, p in net.named_parameters() if n in mask}
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -168,7 +197,7 @@ def test_masked_weights_stay_exactly_zero(optimizer, enforce):
 
 def test_apply_mask_zeroes_in_place():
     net = tiny_net()
-    mask = global_threshold(magnitude_scores(prunable_parameters(net)), 0.5)
+    mask = global_threshold(magnitude_scores(net, prunable_parameters(net)), 0.5)
     apply_mask(net, mask)
     params = dict(net.named_parameters())
     assert all(int(params[n][~m].ne(0).sum()) == 0 for n, m in mask.items())

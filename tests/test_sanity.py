@@ -111,7 +111,7 @@ def test_invert_keeps_exactly_the_lowest_scores(params):
 
 
 def test_bad_value_and_non_one_shot_method_are_config_errors(tmp_path):
-    from tgp.checks import check_sanity
+    from tgp.checks.job import check_sanity
     from tgp.methods import get_method
     from tgp.pipeline import run_pipeline
 
@@ -135,7 +135,7 @@ def test_bad_value_and_non_one_shot_method_are_config_errors(tmp_path):
     (["pruning.mask=some/mask.pt"], "pruning.mask='some/mask.pt' is used as it is"),
 ])
 def test_keep_class_rows_refused_where_it_would_be_ignored(overrides, needle, tmp_path):
-    from tgp.checks import check_keep_class_rows
+    from tgp.checks.job import check_keep_class_rows
     from tgp.methods import get_method
 
     cfg = compose_cfg(["experiment=smoke", "pruning.keep_class_rows=true", *overrides], tmp_path)
@@ -145,7 +145,7 @@ def test_keep_class_rows_refused_where_it_would_be_ignored(overrides, needle, tm
 
 
 def test_keep_class_rows_accepted_where_a_one_shot_global_threshold_makes_the_mask(tmp_path):
-    from tgp.checks import check_keep_class_rows
+    from tgp.checks.job import check_keep_class_rows
     from tgp.methods import get_method, load_all
 
     one_shot = sorted(n for n, spec in load_all().items() if spec.accepts_mask)

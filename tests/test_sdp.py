@@ -91,7 +91,10 @@ def test_sdp_reaches_exact_sparsity(tmp_path):
     row = run_pipeline(cfg, run_dir)
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["measured_sparsity"] == pytest.approx(0.8, abs=1e-4)
-    mask = load_mask(run_dir / "prune" / "mask.pt")
+    # the retrain stage holds the final network and mask (no copy-only stage); the run folder has the mask too
+    assert (metrics["net_stage"], metrics["mask_stage"]) == ("retrain", "retrain") and not (run_dir / "prune").exists()
+    assert (run_dir / "mask.pt").read_bytes() == (run_dir / "retrain" / "mask.pt").read_bytes()
+    mask = load_mask(run_dir / "mask.pt")
     total, kept = mask_counts(mask)
     assert total - kept == round(0.8 * total)
     # the final weights are zero where the mask prunes
@@ -99,7 +102,7 @@ def test_sdp_reaches_exact_sparsity(tmp_path):
     for name, m in mask.items():
         assert bool((state[name][~m] == 0).all())
     # gradual: the ramp passed a lower sparsity before reaching the target, then held it
-    report = read_json(run_dir / "prune" / "sparsity_report.json")
+    report = read_json(run_dir / "retrain" / "sparsity_report.json")
     history = [s for _, s in report["history"]]
     assert history[0] < history[1] == pytest.approx(history[2]) == pytest.approx(0.8, abs=1e-4)
     assert metrics["epochs_total"] == 1 + 3  # dense + the pruning fine-tuning

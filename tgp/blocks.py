@@ -22,7 +22,9 @@ from tgp.io import atomic_save_json, atomic_torch_save, read_json
 from tgp.lit import ClassifierModule
 from tgp.lit.compiled import compile_setting
 from tgp.pruning.callbacks import OneShotPruning
-from tgp.pruning.mask import Mask, apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.mask import (
+    MASK_FILE, SPARSITY_REPORT_FILE, Mask, apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report,
+)
 from tgp.pruning.sanity import RANDOM_VARIANTS, REINIT_SEED_OFFSET, SEED_OFFSET, layer_shuffle, random_variant_mask
 from tgp.stages import StageKind
 from tgp.training.weights import load_net_weights
@@ -61,7 +63,7 @@ def load_weights(job, node: DictConfig, path: Path) -> torch.nn.Module:
 
 
 def load_stage_net(job, node: DictConfig, stage: str) -> torch.nn.Module:
-    return load_weights(job, node, job.stage_path(stage, "net.pt"))
+    return load_weights(job, node, job.net_path(stage))
 
 
 def sparse_start_net(job, cfg: DictConfig, stage: str) -> torch.nn.Module:
@@ -170,9 +172,9 @@ def use_given_mask(job, cfg: DictConfig, net, folder: Path) -> dict:
     mask = load_mask(p.mask, net)
     if p.sanity == "layer_shuffle":
         mask = layer_shuffle(mask, int(cfg.seed) + SEED_OFFSET)
-    save_mask(mask, folder / "mask.pt")
+    save_mask(mask, folder / MASK_FILE)
     atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask), "sanity": p.sanity},
-                     folder / "sparsity_report.json")
+                     folder / SPARSITY_REPORT_FILE)
     apply_mask(net, mask)
     return {"epochs": 0, "mask_from": str(p.mask), "sanity": p.sanity, "top1_pruned": job.training.evaluate(net)}
 
@@ -197,8 +199,9 @@ class SanityPruning(OneShotPruning):
 
 
 def prune_stage(job, *, source: str, score: str, make_loss: Callable[[DictConfig], LossFn] | None = None,
-                kind: StageKind = ONE_SHOT_PRUNE) -> dict:
-    """One-shot global pruning of the network trained by stage ``source`` (:class:`OneShotPruning`).
+                kind: StageKind = ONE_SHOT_PRUNE) -> str:
+    """One-shot global pruning of the network trained by stage ``source`` (:class:`OneShotPruning`); returns
+    the stage's name (its folder holds ``mask.pt`` and ``sparsity_report.json``).
 
     ``score`` is ``gradient`` (``|θ ⊙ ∇θ L|``, ``L = make_loss(view)``, CE when None),
     ``magnitude`` or ``random``. Runs ``trainer.validate`` with the callback, so the pruned
@@ -223,31 +226,33 @@ def prune_stage(job, *, source: str, score: str, make_loss: Callable[[DictConfig
         )
         metrics = job.training.trainer("prune", folder, callbacks=[callback]).validate(
             module, datamodule=job.dm, verbose=False)
-        report = read_json(folder / "sparsity_report.json")  # written by rank 0 (another process under ddp_spawn)
-        atomic_save_json({**report, "sanity": sanity}, folder / "sparsity_report.json")
-        apply_mask(net, load_mask(folder / "mask.pt", net))
+        report = read_json(folder / SPARSITY_REPORT_FILE)  # written by rank 0 (another process under ddp_spawn)
+        atomic_save_json({**report, "sanity": sanity}, folder / SPARSITY_REPORT_FILE)
+        apply_mask(net, load_mask(folder / MASK_FILE, net))
         val = metrics[0].get("prune/val/acc") if metrics else None
         return {"epochs": 0, "sanity": sanity, "val_acc_pruned": None if val is None else float(val),
                 "top1_pruned": job.training.evaluate(net)}
 
-    return job.run(kind, run, parent=source)
+    job.run(kind, run, parent=source)
+    return kind.folder_name
 
 
-def retrain_stage(job, *, source: str, teacher=None, confidence: float | None = None) -> dict:
+def retrain_stage(job, *, source: str, mask_stage: str, teacher=None, confidence: float | None = None) -> str:
     """Sparse retraining of stage ``source``'s weights (a fresh initialization with ``pruning.sanity=reinit``)
-    with the fixed mask of ``prune``; KD or CE per ``retrain.kd``."""
+    with the fixed mask of stage ``mask_stage``; KD or CE per ``retrain.kd``. Returns the stage's name."""
 
     def run(folder: Path, cfg: DictConfig) -> dict:
         use_kd = bool(cfg.retrain.kd) and teacher is not None
         net = sparse_start_net(job, cfg, source)
-        mask = load_mask(job.stage_path("prune", "mask.pt"), net)
+        mask = load_mask(job.mask_path(mask_stage), net)
         criterion = kd_loss(cfg.distill, confidence) if use_kd else ce_loss()
         r = cfg.retrain
         module = make_module(job, net, criterion, "retrain", r.epochs, r.lr, teacher=teacher if use_kd else None,
                              mask=mask)
         return {**job.training.fit("retrain", folder, module, int(r.epochs)), "kd": use_kd}
 
-    return job.run(RETRAIN, run, parent="prune")
+    job.run(RETRAIN, run, parent=mask_stage)
+    return RETRAIN.folder_name
 
 
 def train_masked(job, stage: str, folder: Path, start: Path, mask: Mask | None, epochs: int, lr: float,

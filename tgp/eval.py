@@ -2,9 +2,10 @@
 
 What it evaluates (positional, or the config's ``ckpt_path=``):
 
-* a **run directory** (``outputs/runs/<name>``): its ``config.yaml``, ``student_sparse.pt`` and,
-  when there is one, ``prune/mask.pt``. ``key=value`` arguments change settings of that resolved
-  config (e.g. ``data.root=/data``); config groups cannot be swapped there.
+* a **run directory** (``outputs/runs/<name>``): its ``config.yaml``, ``student_sparse.pt`` and its
+  final mask ``mask.pt`` (in a run folder written before that file: ``prune/mask.pt``). ``key=value``
+  arguments change settings of that resolved config (e.g. ``data.root=/data``); config groups cannot
+  be swapped there.
 * a **state_dict** (``student_sparse.pt``, a stage's ``net.pt``) or a **Lightning checkpoint**
   (``last.ckpt``/``best.ckpt``: ``net.``-prefixed weights, the mask as buffers inside). The model and
   data come from Hydra overrides composed like ``tgp-run`` does (``model=resnet20_tiny data=digits``,
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run directory, a state_dict (.pt) or a Lightning checkpoint (.ckpt) (or ckpt_path=...), "
                         "then Hydra overrides")
     p.add_argument("--out", default=None, help="the JSON file (default: next to the input)")
-    p.add_argument("--mask", default=None, help="a prune/mask.pt for a state_dict (sparsity over its weights)")
+    p.add_argument("--mask", default=None, help="a mask.pt for a state_dict (sparsity over its weights)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available, else cpu)")
     p.add_argument("--repeats", type=int, default=None, help="timed batch-1 forwards (default 200 on GPU, 50 on CPU)")
     p.add_argument("--batch", type=int, default=None, help="throughput batch size (default 256 on GPU, 64 on CPU)")
@@ -147,7 +148,9 @@ def resolve_input(path: str, overrides: list[str], mask_path: str | None = None)
             raise CheckpointMismatchError(
                 f"ckpt_path={path!r}: a directory without {missing}, so not a finished run directory. Fix: point to "
                 "outputs/runs/<name> of a run that finished (it writes student_sparse.pt last), or to a checkpoint file.")
-        mask = Path(mask_path) if mask_path else p / "prune" / "mask.pt"
+        from tgp.pruning.mask import final_mask_path
+
+        mask = Path(mask_path) if mask_path else final_mask_path(p)
         return {"kind": "run_dir", "weights": weights, "cfg": _load_run_config(config, overrides),
                 "config_source": str(config), "mask_path": mask if mask.is_file() or mask_path else None, "run_dir": p}
     kind = "lightning_ckpt" if p.suffix == ".ckpt" else "state_dict"

@@ -6,8 +6,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from tgp.pruning.mask import MASK_FILE, SPARSITY_REPORT_FILE
 from tgp.stages import StageKind, StageRunner
 from tgp.training import Training
+
+NET_FILE = "net.pt"  # a stage's trained (or saved) network: a plain state_dict
 
 
 class Job:
@@ -31,3 +34,15 @@ class Job:
 
     def stage_path(self, stage: str, *parts: str) -> Path:
         return self.run_dir.joinpath(stage, *parts)
+
+    def net_path(self, stage: str) -> Path:
+        """Stage ``stage``'s network (``net.pt``)."""
+        return self.stage_path(stage, NET_FILE)
+
+    def mask_path(self, stage: str) -> Path:
+        """The mask stage ``stage`` made (``mask.pt``, :func:`tgp.pruning.mask.save_mask`)."""
+        return self.stage_path(stage, MASK_FILE)
+
+    def sparsity_report_path(self, stage: str) -> Path:
+        """The sparsity report of the mask stage ``stage`` made (``sparsity_report.json``)."""
+        return self.stage_path(stage, SPARSITY_REPORT_FILE)

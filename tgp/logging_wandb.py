@@ -153,10 +153,12 @@ class _JobRun:
     def finish(self, row: dict | None, error: str | None) -> None:
         import wandb
 
+        from tgp.pruning.mask import final_sparsity_report_path
+
         run = self.logger.experiment  # created here if no stage has logged yet (e.g. a job that failed early)
         summary = {}
-        report_path = self.run_dir / "prune" / "sparsity_report.json"
-        if report_path.exists():
+        report_path = final_sparsity_report_path(self.run_dir, row) if row and row.get("mask_stage") else None
+        if report_path is not None and report_path.exists():
             report = json.loads(report_path.read_text())
             for k, v in report.items():
                 if isinstance(v, dict) and k != "layers":

@@ -15,7 +15,9 @@ them when it is unpickled there (before the rank logs anything).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import logging.handlers
 import os
 import sys
 import warnings
@@ -75,6 +77,42 @@ class _ConsoleFilter(logging.Filter):
 def _console_handlers() -> list[logging.Handler]:
     return [h for h in logging.getLogger().handlers
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+
+class _HeldLogs:
+    """What :func:`held_file_logs` yields: ``discard()`` drops the held records instead of writing them."""
+
+    def __init__(self) -> None:
+        self.buffer = logging.handlers.BufferingHandler(capacity=1_000_000)
+        self.kept = True
+
+    def discard(self) -> None:
+        self.kept = False
+
+
+@contextlib.contextmanager
+def held_file_logs():
+    """Hold back the records meant for the root logger's file handlers (Hydra's job log, ``run.log``)
+    while the job is checked: on leaving they are written there, unless ``discard()`` was called (a refused
+    job, or a finished one a sweep skips, writes nothing into its folder). Console handlers see every
+    record as it comes."""
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        root.removeHandler(handler)
+    held = _HeldLogs()
+    root.addHandler(held.buffer)
+    try:
+        yield held
+    finally:
+        root.removeHandler(held.buffer)
+        for handler in files:
+            root.addHandler(handler)
+            if held.kept:
+                for record in held.buffer.buffer:
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
+        held.buffer.buffer.clear()
 
 
 def is_verbose(cfg) -> bool:

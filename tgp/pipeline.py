@@ -2,21 +2,31 @@
 
 The run-directory contract (users and scripts read it)::
 
+    <run_dir>/.hydra/                    the composed config, Hydra's settings, the overrides (written
+                                         once the job's settings passed their checks: tgp.run)
     <run_dir>/config.yaml                resolved config
     <run_dir>/<stage>/                   one folder per stage (a link into paths.stage_store)
         result.json                      written last: the stage is done (kind, version, key, seconds, attempts)
         attempts.json                    one entry per start of the stage (seconds, status)
         last.ckpt, best.ckpt, net.pt     Lightning checkpoints (masks inside once pruned), plain weights
         metrics.csv                      every epoch's logged metrics, exactly once across resumes
-    <run_dir>/prune/mask.pt              {param_name: bool tensor}, True = kept
-    <run_dir>/prune/sparsity_report.json per-layer and global: total, kept, sparsity
-    <run_dir>/student_sparse.pt          plain state_dict of the final student (zeros in place)
-    <run_dir>/metrics.json               one flat row (see tgp.measure.summary.metrics_row)
+        mask.pt, sparsity_report.json    in the stage that made a mask
+    <run_dir>/student_sparse.pt          plain state_dict of the final student (zeros in place): the
+                                         net.pt of the stage metrics.json names as `net_stage`
+    <run_dir>/mask.pt                    the final mask {param_name: bool tensor}, True = kept: the mask.pt
+                                         of the stage metrics.json names as `mask_stage` (whose
+                                         sparsity_report.json has the per-layer and global counts)
+    <run_dir>/metrics.json               one flat row (see tgp.measure.summary.metrics_row), with
+                                         `net_stage` and `mask_stage`
+
+Runs written before ``<run_dir>/mask.pt`` existed have the final mask in ``prune/mask.pt`` only
+(:func:`tgp.pruning.mask.final_mask_path` reads both).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,15 +34,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tgp.checks import validate_job
 from tgp.errors import TGPError
 from tgp.io import atomic_save_json, atomic_torch_save, atomic_write_bytes
 from tgp.job import Job
 from tgp.logs import FILE_ONLY, configure_console
-from tgp.methods import get_method
-from tgp.pruning.mask import load_mask
-from tgp.pruning.threshold import check_sparsity
 from tgp.measure.summary import metrics_row, summary_table
+from tgp.methods import MethodSpec, get_method
+from tgp.pruning.mask import MASK_FILE, load_mask, save_mask
 from tgp.stages import StopPipeline
 
 log = logging.getLogger("tgp")
@@ -57,42 +65,60 @@ def build_datamodule(cfg: DictConfig):
     return dm
 
 
-def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run ``cfg.method`` in ``run_dir``; return the metrics row (also written to ``metrics.json``).
+@dataclass
+class PreparedJob:
+    """A job whose every setting passed its checks: its method, data (set up) and an untrained student."""
 
-    Every setting is checked before anything is written to ``run_dir`` or the stage store.
-    """
-    run_dir = Path(run_dir)
+    spec: MethodSpec
+    dm: object
+    student: torch.nn.Module
+
+
+def prepare_job(cfg: DictConfig) -> PreparedJob:
+    """Build what the checks need and run them (:func:`tgp.checks.validate_job`), writing nothing anywhere a
+    run keeps its results: a refused job leaves its folder (and the stage store) as it was."""
+    from tgp.checks import validate_job
+
     configure_console(cfg)  # verbose=false: one line per stage, Lightning's INFO lines in run.log only
-    check_sparsity(cfg.pruning.sparsity)
     spec = get_method(str(cfg.method.name))
     dm = build_datamodule(cfg)
     student = instantiate_checked(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
     validate_job(cfg, spec, dm, student)
-    if spec.check is not None:
-        spec.check(cfg, dm)
+    return PreparedJob(spec, dm, student)
+
+
+def run_pipeline(cfg: DictConfig, run_dir: str | Path, prepared: PreparedJob | None = None) -> dict:
+    """Run ``cfg.method`` in ``run_dir``; return the metrics row (also written to ``metrics.json``).
+
+    Every setting is checked before anything is written to ``run_dir`` or the stage store (by
+    :func:`prepare_job`, here unless the caller ``prepared`` the job already).
+    """
+    run_dir = Path(run_dir)
+    prepared = prepared or prepare_job(cfg)
+    spec, dm = prepared.spec, prepared.dm
 
     run_dir.mkdir(parents=True, exist_ok=True)
     text = OmegaConf.to_yaml(cfg, resolve=True).encode()
     atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(text))
     job = Job(cfg, run_dir, dm)
     try:
-        final_stage = spec.run(job)
+        outputs = spec.run(job)
     except StopPipeline as stop:
         log.info("stopped after stage %s (stop_after); re-run without it to continue", stop)
         return {"status": f"stopped_after_{stop}", "run_dir": str(run_dir)}
 
     net = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
-    net.load_state_dict(torch.load(job.stage_path(final_stage, "net.pt"), map_location="cpu", weights_only=True))
-    mask_path = job.stage_path("prune", "mask.pt")
-    mask = load_mask(mask_path, net) if mask_path.exists() else None
-    if mask is not None:
-        params = dict(net.named_parameters())
-        leaked = [n for n, m in mask.items() if bool(params[n].detach()[~m].ne(0).any())]
-        if leaked:  # a broken invariant, not a user error: fail loudly
-            raise RuntimeError(f"pruned weights are nonzero after {final_stage}: {leaked}")
+    net.load_state_dict(torch.load(job.net_path(outputs.net_stage), map_location="cpu", weights_only=True))
+    mask = load_mask(job.mask_path(outputs.mask_stage), net)
+    params = dict(net.named_parameters())
+    leaked = [n for n, m in mask.items() if bool(params[n].detach()[~m].ne(0).any())]
+    if leaked:  # a broken invariant, not a user error: fail loudly
+        raise RuntimeError(f"pruned weights are nonzero in {outputs.net_stage}/net.pt under "
+                           f"{outputs.mask_stage}/mask.pt: {leaked}")
     atomic_torch_save(net.state_dict(), run_dir / "student_sparse.pt")
-    row = metrics_row(cfg, spec, job, final_stage, net, mask)
+    save_mask(mask, run_dir / MASK_FILE)
+    row = metrics_row(cfg, spec, job, outputs.net_stage, net, mask)
+    row.update(net_stage=outputs.net_stage, mask_stage=outputs.mask_stage)
     row["run_dir"] = str(run_dir)
     row["status"] = "ok"
     atomic_save_json(row, run_dir / "metrics.json")

@@ -2,10 +2,19 @@
 
 Thin on purpose: check the command line, compose the config, run the pipeline, report. A user
 error (a bad setting, missing data, a checkpoint that does not fit) is printed as one paragraph and
-exits with code 2. :func:`precheck` refuses what makes the whole job or sweep impossible (unknown
-config options and keys, unwritable output folders, a GPU trainer without CUDA) before Hydra creates
-anything; :func:`tgp.checks.validate_job` refuses the rest before the first stage. In a multirun a
-job that fails later has its error written to its folder and the sweep goes on.
+exits with code 2. :func:`~tgp.checks.precheck` refuses what makes the whole job or sweep impossible
+(config files, options and keys, types, missing extras, unwritable output folders, a GPU trainer without
+CUDA) before Hydra starts; the job refuses the rest (:func:`tgp.pipeline.prepare_job`) before it writes
+anything into its folder.
+
+**A refusal writes nothing.** Hydra would write the job's ``.hydra/`` and open its ``run.log`` before
+the job runs, into a folder that may hold a finished run (the run folder is named by the settings
+that change results, so ``data.num_workers=-1`` lands in the folder of the run without it). So
+``hydra.output_subdir`` is null and the job writes ``.hydra/`` itself once its settings passed
+(:func:`write_hydra_files`), ``run.log`` is opened by its first line (``delay``) and the lines logged
+while the job is checked are held back until then (:func:`tgp.logs.held_file_logs`). In a multirun a
+refused job whose folder holds no finished run gets its ``error.txt`` and the sweep goes on; a job
+that fails later has its error written to its folder likewise.
 """
 
 from __future__ import annotations
@@ -20,23 +29,40 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from tgp.checks import precheck
+from tgp.checks.hardware import check_launch  # noqa: F401 - tgp.run.check_launch, as before
 from tgp.errors import TGPError
 from tgp.naming import register_resolvers
-from tgp.precheck import CONFIG_DIR, check_launch, precheck
+from tgp.resources import CONFIG_DIR
 
 register_resolvers()
 log = logging.getLogger("tgp")
 
 
-def run_job(cfg: DictConfig) -> dict:
+HYDRA_SUBDIR = ".hydra"  # where Hydra would write them (hydra.output_subdir is null: see the module docstring)
+
+
+def prepare(cfg: DictConfig, multirun: bool):
+    """The job's checks (writing nothing): its launch mode where it runs on another machine than the command
+    line, then :func:`tgp.pipeline.prepare_job` (the data, an untrained student, every setting)."""
+    from tgp.checks.job import check_job_launch
     from tgp.logs import quiet_lightning
-    from tgp.pipeline import run_pipeline  # heavy imports after Hydra has parsed the command line
+    from tgp.pipeline import prepare_job  # heavy imports after Hydra has parsed the command line
 
     quiet_lightning()
     apply_extras(cfg)
+    check_job_launch(cfg, multirun, str(OmegaConf.select(HydraConfig.get(), "launcher._target_", default="") or ""))
+    return prepare_job(cfg)
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return run_pipeline(cfg, run_dir)
+
+def write_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
+    """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, as Hydra writes them, atomically."""
+    from tgp.io import atomic_write_bytes
+
+    hydra_cfg = HydraConfig.instance().cfg
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        text = OmegaConf.to_yaml(node).encode()
+        atomic_write_bytes(run_dir / HYDRA_SUBDIR / name, lambda f, text=text: f.write(text))
 
 
 def main() -> float | None:
@@ -53,25 +79,41 @@ def main() -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    from tgp.logs import held_file_logs
+
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        check_launch(cfg)
-    except TGPError as e:  # the whole job (or sweep) is wrong: stop before anything runs
-        message = f"tgp: error: {e}"
-        _record_failure(run_dir, message)
-        print(message, file=sys.stderr, flush=True)
-        sys.exit(e.exit_code)
-    if multirun:
-        done = _finished_row(run_dir)
-        if done is not None:  # re-running a sweep skips its finished jobs
+    with held_file_logs() as file_logs:  # run.log gets these lines only if the job goes on
+        done = _finished_row(run_dir) if multirun else None
+        if done is not None:  # re-running a sweep skips its finished jobs (their folders untouched)
+            file_logs.discard()
             log.info("job done already (%s): skipped; delete its metrics.json to recompute", run_dir / "metrics.json")
             return objective(done)
+        try:
+            prepared = prepare(cfg, multirun)
+        except TGPError as e:
+            message = f"tgp: error: {e}"
+            if not multirun:  # the console says it; the folder stays as it was (Hydra's empty one goes)
+                file_logs.discard()
+                print(message, file=sys.stderr, flush=True)
+                _remove_if_empty(run_dir)
+                sys.exit(e.exit_code)
+            # A multirun job's record (error.txt, and a failed W&B run with logger=wandb); its folder holds
+            # no finished run (that job was skipped above).
+            from tgp.logging_wandb import wandb_job
+
+            _record_failure(run_dir, message)
+            with wandb_job(cfg, run_dir) as outcome:
+                outcome["error"] = message
+            log.error("job refused, sweep continues: %s", e)
+            return None
+    write_hydra_files(cfg, run_dir)
     from tgp.logging_wandb import wandb_job
+    from tgp.pipeline import run_pipeline
 
     with wandb_job(cfg, run_dir) as outcome:  # one W&B run per job, finished in a `finally`
         try:
-            row = run_job(cfg)
+            row = run_pipeline(cfg, run_dir, prepared)
             outcome["row"] = row
             (run_dir / "error.txt").unlink(missing_ok=True)
             return objective(row)
@@ -161,6 +203,13 @@ def _finished_row(run_dir: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return row if row.get("status", "ok") == "ok" else None
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only an empty folder: the one Hydra created for this job
+    except OSError:
+        pass
 
 
 def _record_failure(run_dir: Path, text: str) -> None:

@@ -149,8 +149,8 @@ class Bench:
             self.kd.set_dataset_confidence(0.9)
         self.ce = DistillationLoss(kd_weight=0.0)
         self.sparsity = float(cfg.pruning.sparsity)
-        self.mask = {k: m.to(device) for k, m in
-                     global_threshold(magnitude_scores(prunable_parameters(self.student)), self.sparsity).items()}
+        scores = magnitude_scores(self.student, prunable_parameters(self.student))
+        self.mask = {k: m.to(device) for k, m in global_threshold(scores, self.sparsity).items()}
         gen = torch.Generator().manual_seed(seed)
         self.x = torch.randn((recipe.batch, *recipe.input_shape), generator=gen)
         self.x = self.x.to(device).contiguous(memory_format=self.fmt)

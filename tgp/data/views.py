@@ -11,9 +11,6 @@ from tgp.data.samplers import ClassPairBatchSampler, DLBBatchSampler
 from tgp.distill.self_distill import check_regime
 from tgp.errors import ConfigError
 
-SD_REGIMES = ("pskd", "dlb", "cskd")
-
-
 def dataset_labels(dataset: Dataset) -> np.ndarray:
     """Labels of a dataset: read off the wrapped dataset's ``targets`` at ``indices`` when there are
     both (a ``TransformedSubset``), else by loading every item."""

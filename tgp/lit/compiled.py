@@ -59,13 +59,11 @@ def compile_setting(cfg: DictConfig) -> str | None:
 
 
 def check_compile(cfg: DictConfig) -> None:
-    """``compile`` is a boolean, ``compile_mode`` a mode of ``torch.compile``, and with ``compile=true``
-    the toolchain inductor needs exists on this machine (a C++ compiler on CPUs, Triton on CUDA GPUs):
-    a missing one is refused now, in one paragraph, instead of an inductor traceback in the first step."""
+    """``compile_mode`` is a mode of ``torch.compile``, and with ``compile=true`` the toolchain inductor
+    needs exists on this machine (a C++ compiler on CPUs, Triton on CUDA GPUs): a missing one is refused
+    now, in one paragraph, instead of an inductor traceback in the first step. (That ``compile`` is true
+    or false is checked with the root config's other settings, :mod:`tgp.checks.values`.)"""
     value = OmegaConf.select(cfg, "compile", default=False)
-    if not isinstance(value, bool):
-        raise ConfigError("compile", value, "must be true or false.",
-                          "use compile=true to torch.compile the student's and teacher's forward, or compile=false.")
     mode = OmegaConf.select(cfg, "compile_mode", default="default")
     if mode not in COMPILE_MODES:
         import difflib

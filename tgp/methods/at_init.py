@@ -31,11 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from tgp.blocks import ce_loss, init_stage, load_stage_net, make_module, prune_stage, sparse_start_net
 from tgp.data.views import SelfDistillData
-from tgp.distill.self_distill import REGIMES, SCORE_BN, ce_score_loss, score_loss
+from tgp.distill.self_distill import SCORE_BN, SCORE_LOSSES, ce_score_loss, check_regime, score_loss
 from tgp.errors import ConfigError
 from tgp.io import atomic_torch_save
 from tgp.lit import SelfDistillModule
-from tgp.methods.registry import MethodSpec, register
+from tgp.methods.registry import MethodOutputs, MethodSpec, register
 from tgp.pruning.mask import load_mask
 from tgp.stages import StageKind
 from tgp.training.cost import TrainingCost, stage_training_flops
@@ -48,29 +48,32 @@ EPSD_WARMUP = StageKind("epsd_warmup", folder="warmup", reads=("model", "kd_pret
 EPSD_RETRAIN = StageKind("epsd_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=3)
 
 
+# Schemas of method.* (types only; the values and their provenance: conf/method/snip.yaml, epsd.yaml).
 @dataclass
 class SnipSettings:
-    score_bn: str = "batch"  # batch | running: BatchNorm statistics while scoring (ours)
+    score_bn: str  # batch | running: BatchNorm statistics while scoring
 
 
 @dataclass
 class EpsdSettings:
-    regime: str = "pskd"  # pskd (Kim et al. 2021) | dlb (Shen et al. 2022) | cskd (Yun et al. 2020)
-    score_loss: str = "sd"  # sd = EPSD | ce = the paper's "Simple"
-    warmup_steps: int = 0  # i: SD optimizer steps before scoring (0 = at initialization)
-    pskd_alpha: float = 0.8
-    dlb_weight: float = 1.0
-    cskd_weight: float = 1.0
-    temperature: float = 3.0
-    score_bn: str = "batch"
+    regime: str  # pskd | dlb | cskd
+    score_loss: str  # sd = EPSD | ce = the paper's "Simple"
+    warmup_steps: int  # i: SD optimizer steps before scoring
+    pskd_alpha: float
+    dlb_weight: float
+    cskd_weight: float
+    temperature: float
+    score_bn: str  # batch | running
 
 
-
-
-def _check_score_bn(value) -> bool:
+def _check_score_bn(value) -> None:
     if value not in SCORE_BN:
         raise ConfigError("method.score_bn", value, "unknown BatchNorm mode for scoring.", f"use one of: {', '.join(SCORE_BN)}.")
-    return value == "batch"
+
+
+def batch_stats(score_bn: str) -> bool:
+    """Whether the score's forward uses BatchNorm batch statistics (``method.score_bn=batch``)."""
+    return score_bn == "batch"
 
 
 def check_snip(cfg: DictConfig, dm=None) -> None:
@@ -79,10 +82,8 @@ def check_snip(cfg: DictConfig, dm=None) -> None:
 
 def check_epsd(cfg: DictConfig, dm=None) -> None:
     e = cfg.method
-    if e.regime not in REGIMES:
-        raise ConfigError("method.regime", e.regime, "no such self-distillation regime.",
-                          f"use method.regime=<regime> with one of: {', '.join(REGIMES)}.")
-    if str(e.score_loss) not in ("sd", "ce"):
+    check_regime(e.regime)
+    if str(e.score_loss) not in SCORE_LOSSES:
         raise ConfigError("method.score_loss", e.score_loss, "unknown score loss.", "use sd (EPSD) or ce ('Simple').")
     if int(e.warmup_steps) < 0:
         raise ConfigError("method.warmup_steps", e.warmup_steps, "must be an integer >= 0.", "use e.g. 0 or 100.")
@@ -97,21 +98,21 @@ def check_epsd(cfg: DictConfig, dm=None) -> None:
     _check_score_bn(e.score_bn)
 
 
-def run_snip(job) -> str:
+def run_snip(job) -> MethodOutputs:
     """SNIP: ``|θ ⊙ ∇θ L_CE|`` at θ_init, global threshold, then CE training of the sparse θ_init."""
     init_stage(job)
-    prune_stage(job, source="init", score="gradient", kind=AT_INIT_PRUNE,
-                make_loss=lambda cfg: ce_score_loss(_check_score_bn(cfg.method.score_bn)))
+    pruned = prune_stage(job, source="init", score="gradient", kind=AT_INIT_PRUNE,
+                         make_loss=lambda cfg: ce_score_loss(batch_stats(cfg.method.score_bn)))
 
     def run(folder: Path, cfg: DictConfig) -> dict:
         net = sparse_start_net(job, cfg, "init")  # θ_init, or a fresh init with pruning.sanity=reinit
-        mask = load_mask(job.stage_path("prune", "mask.pt"), net)
+        mask = load_mask(job.mask_path(pruned), net)
         epochs = int(cfg.retrain.epochs)
         module = make_module(job, net, ce_loss(), "retrain", epochs, cfg.retrain.lr, mask=mask)
         return job.training.fit("retrain", folder, module, epochs)
 
-    job.run(SNIP_RETRAIN, run, parent="prune")
-    return "retrain"
+    job.run(SNIP_RETRAIN, run, parent=pruned)
+    return MethodOutputs(net_stage=SNIP_RETRAIN.folder_name, mask_stage=pruned)
 
 
 def _sd_module(job, cfg: DictConfig, net, stage: str, epochs: int, lr: float, **kw) -> SelfDistillModule:
@@ -123,7 +124,7 @@ def _sd_module(job, cfg: DictConfig, net, stage: str, epochs: int, lr: float, **
     )
 
 
-def run_epsd(job) -> str:
+def run_epsd(job) -> MethodOutputs:
     """EPSD: i SD warm-up steps, SNIP saliency of the SD loss, global threshold, SD training of the sparse θ_init."""
     sd_data = SelfDistillData(job.dm, str(job.cfg.method.regime))
     init_stage(job)
@@ -148,27 +149,27 @@ def run_epsd(job) -> str:
         e = cfg.method
         return score_loss(str(e.regime), score_loss=str(e.score_loss), num_classes=job.dm.num_classes,
                           alpha=float(e.pskd_alpha), temperature=float(e.temperature), dlb_weight=float(e.dlb_weight),
-                          cskd_weight=float(e.cskd_weight), batch_stats=_check_score_bn(e.score_bn))
+                          cskd_weight=float(e.cskd_weight), batch_stats=batch_stats(e.score_bn))
 
-    prune_stage(job, source=source, score="gradient", kind=AT_INIT_PRUNE, make_loss=make_loss)
+    pruned = prune_stage(job, source=source, score="gradient", kind=AT_INIT_PRUNE, make_loss=make_loss)
 
     def run(folder: Path, cfg: DictConfig) -> dict:
         net = sparse_start_net(job, cfg, "init")  # θ_init, or a fresh init with pruning.sanity=reinit
-        mask = load_mask(job.stage_path("prune", "mask.pt"), net)
+        mask = load_mask(job.mask_path(pruned), net)
         module = _sd_module(job, cfg, net, "retrain", int(cfg.retrain.epochs), cfg.retrain.lr, mask=mask)
         return job.training.fit("retrain", folder, module, int(cfg.retrain.epochs), datamodule=sd_data)
 
-    job.run(EPSD_RETRAIN, run, parent="prune")
-    return "retrain"
+    job.run(EPSD_RETRAIN, run, parent=pruned)
+    return MethodOutputs(net_stage=EPSD_RETRAIN.folder_name, mask_stage=pruned)
 
 
 SNIP = register(MethodSpec(
     name="snip", run=run_snip, summary="|θ ⊙ ∇θ L_CE| at initialization, then train the sparse net",
-    settings=SnipSettings, accepts_mask=True, stages=("init", "prune", "retrain"),
+    settings=SnipSettings, one_shot=True, accepts_mask=True, in_table2=True, stages=("init", "prune", "retrain"),
     epochs=("retrain.epochs",), check=check_snip, color="#d62728",
 ))
 EPSD = register(MethodSpec(
-    name="epsd", run=run_epsd, settings=EpsdSettings, accepts_mask=True,
+    name="epsd", run=run_epsd, settings=EpsdSettings, one_shot=True, accepts_mask=True, in_table2=True,
     summary="SNIP-form score of a self-distillation loss near initialization, then train with that regime",
     stages=("init", "warmup", "prune", "retrain"), epochs=("retrain.epochs",), check=check_epsd, color="#9467bd",
 ))

@@ -63,34 +63,35 @@ from tgp.blocks import ce_loss, init_stage, load_stage_net, make_module, train_m
 from tgp.data.views import ClassSubsetDataModule
 from tgp.errors import ConfigError
 from tgp.io import atomic_save_json
-from tgp.methods.registry import MethodSpec, register
+from tgp.methods.registry import MethodOutputs, MethodSpec, register
 from tgp.pruning.callbacks import SaveAtEpoch
 from tgp.pruning.mask import (
     Mask, apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report, warn_layer_collapse,
 )
 from tgp.pruning.nested import exact_common_threshold, intersection, magnitude_mask, mask_counts
-from tgp.pruning.schedules import check_round_schedule, round_sparsity
+from tgp.pruning.schedules import check_round_schedule, round_sparsity, rounds_needed
 from tgp.stages import StageKind
 
 log = logging.getLogger("tgp")
 
 
+# Schemas of method.* (types only; the values and their provenance: conf/method/imp.yaml, colt.yaml).
 @dataclass
 class ImpSettings:
-    rate: float = 0.2  # paper: 20% of the remaining weights per round
-    max_rounds: int = 30  # ours: a target that needs more rounds is a config error
-    rewind_epoch: int = 0  # 0 = rewind to the initialization; k > 0 = to the weights after k dense epochs
-    epochs_per_round: int = 6  # dense training and every round before the last (ours: the dense budget)
-    lr: float = 0.1  # ours: the from-scratch learning rate of those rounds
+    rate: float  # fraction of the remaining weights pruned per round
+    max_rounds: int  # a target that needs more rounds is a config error
+    rewind_epoch: int  # 0 = rewind to the initialization; k > 0 = to the weights after k dense epochs
+    epochs_per_round: int  # dense training and every round before the last
+    lr: float  # learning rate of those rounds
 
 
 @dataclass
 class ColtSettings:
-    rate: float = 0.15  # paper: 15% of the remaining weights per round
-    max_rounds: int = 30
-    split_seed: int = 0  # ours: seeded random split of the classes into halves A and B
-    epochs_per_round: int = 6  # each half-network's training per round (the dense budget)
-    lr: float = 0.1
+    rate: float  # fraction of the remaining weights each half-network prunes per round
+    max_rounds: int
+    split_seed: int  # seeded random split of the classes into halves A and B
+    epochs_per_round: int  # each half-network's training per round
+    lr: float
 
 
 _IMP_TRAIN = ("model", "method.epochs_per_round", "method.lr", "method.rewind_epoch")
@@ -109,11 +110,7 @@ COLT_RETRAIN = StageKind("colt_retrain", folder="retrain", reads=(*_COLT, "retra
 
 
 def split_classes(num_classes: int, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded split of the classes into halves A (⌊C/2⌋ classes) and B (the rest)."""
-    if num_classes < 2:
-        raise ConfigError("data.num_classes", num_classes,
-                          "COLT trains one network per half of the classes and needs at least 2 classes.",
-                          "use a dataset with 2 or more classes, or another method.")
+    """A seeded split of the classes into halves A (⌊C/2⌋ classes) and B (the rest); C ≥ 2 (:func:`check_colt`)."""
     perm = torch.randperm(num_classes, generator=torch.Generator().manual_seed(int(seed))).tolist()
     half = num_classes // 2
     return sorted(perm[:half]), sorted(perm[half:])
@@ -135,8 +132,8 @@ def _save_mask(mask: Mask, folder: Path, target: float | None, net, extra: dict 
 
 
 def check_imp(cfg: DictConfig, dm=None) -> None:
-    _, _, _, epochs = check_round_schedule("method", cfg.method, cfg.pruning.sparsity)
-    rewind = int(cfg.method.rewind_epoch)
+    check_round_schedule("method", cfg.method, cfg.pruning.sparsity)
+    rewind, epochs = int(cfg.method.rewind_epoch), int(cfg.method.epochs_per_round)
     if not 0 <= rewind < epochs:
         raise ConfigError("method.rewind_epoch", rewind,
                           f"the rewind point must lie in [0, method.epochs_per_round={epochs}).",
@@ -147,18 +144,20 @@ def check_colt(cfg: DictConfig, dm=None) -> None:
     # The intersection removes at least `rate` of the remaining weights per round, so the
     # target is reached within the IMP round count at the same rate: check that bound up front.
     check_round_schedule("method", cfg.method, cfg.pruning.sparsity)
-    if dm is not None:
-        split_classes(int(dm.num_classes), int(cfg.method.split_seed))
+    if dm is not None and int(dm.num_classes) < 2:
+        raise ConfigError("data.num_classes", int(dm.num_classes),
+                          "COLT trains one network per half of the classes and needs at least 2 classes.",
+                          "use a dataset with 2 or more classes, or another method.")
 
 
 # -- IMP ----------------------------------------------------------------------------------------
-def run_imp(job) -> str:
-    """Iterative magnitude pruning with rewinding (lottery tickets); returns ``"retrain"``."""
-    _, _, n_rounds, _ = check_round_schedule("method", job.cfg.method, job.cfg.pruning.sparsity)
+def run_imp(job) -> MethodOutputs:
+    """Iterative magnitude pruning with rewinding (lottery tickets)."""
+    n_rounds = rounds_needed(float(job.cfg.method.rate), float(job.cfg.pruning.sparsity))  # ≤ max_rounds: check_imp
     init_stage(job)
 
     def rewind_point(cfg: DictConfig) -> Path:
-        return job.stage_path("dense", "rewind.pt") if int(cfg.method.rewind_epoch) else job.stage_path("init", "net.pt")
+        return job.stage_path("dense", "rewind.pt") if int(cfg.method.rewind_epoch) else job.net_path("init")
 
     def dense(folder: Path, cfg: DictConfig) -> dict:
         m = cfg.method
@@ -172,7 +171,7 @@ def run_imp(job) -> str:
 
     def prune_from(cfg: DictConfig, prev_stage: str, prev_mask_stage: str | None, sparsity: float, folder: Path, r: int):
         trained = load_stage_net(job, cfg.model, prev_stage)
-        previous = load_mask(job.stage_path(prev_mask_stage, "mask.pt"), trained) if prev_mask_stage else None
+        previous = load_mask(job.mask_path(prev_mask_stage), trained) if prev_mask_stage else None
         mask = magnitude_mask(_prunable(trained, cfg), sparsity, previous, float(cfg.pruning.min_layer_density))
         report = _save_mask(mask, folder, sparsity, trained, {"round": r, "rate": float(cfg.method.rate),
                                                               "score": "magnitude"})
@@ -200,31 +199,33 @@ def run_imp(job) -> str:
                 "top1_pruned": job.training.evaluate(trained)}
 
     job.run(IMP_PRUNE, prune, parent=prev_stage)
+    pruned = IMP_PRUNE.folder_name
 
     def retrain(folder: Path, cfg: DictConfig) -> dict:  # the final ticket: the sparse budget
-        mask = load_mask(job.stage_path("prune", "mask.pt"))
+        mask = load_mask(job.mask_path(pruned))
         r = cfg.retrain
         return {**train_masked(job, "retrain", folder, rewind_point(cfg), mask, r.epochs, r.lr), "round": n_rounds}
 
-    job.run(IMP_RETRAIN, retrain, parent="prune")
-    return "retrain"
+    job.run(IMP_RETRAIN, retrain, parent=pruned)
+    return MethodOutputs(net_stage=IMP_RETRAIN.folder_name, mask_stage=pruned)
 
 
 # -- COLT ---------------------------------------------------------------------------------------
-def run_colt(job) -> str:
-    """Cyclic overlapping lottery tickets: intersect the tickets of two class halves; returns ``"retrain"``."""
+def run_colt(job) -> MethodOutputs:
+    """Cyclic overlapping lottery tickets: intersect the tickets of two class halves."""
     cfg = job.cfg  # between stages: decides the round structure; stage functions read their views
-    target, rate, max_rounds, _ = check_round_schedule("method", cfg.method, cfg.pruning.sparsity)
+    target, rate = float(cfg.pruning.sparsity), float(cfg.method.rate)
+    max_rounds = rounds_needed(rate, target)  # IMP's count at this rate, ≤ method.max_rounds (check_colt)
     classes_a, classes_b = split_classes(int(job.dm.num_classes), int(cfg.method.split_seed))
     classes = {"a": classes_a, "b": classes_b}
     halves = {"a": ClassSubsetDataModule(job.dm, classes_a), "b": ClassSubsetDataModule(job.dm, classes_b)}
     min_density = float(cfg.pruning.min_layer_density)
-    init = job.stage_path("init", "net.pt")
+    init = job.net_path("init")
 
     init_stage(job)
     prev_stage, previous = "init", None
     for r in range(1, max_rounds + 1):
-        prev_mask_path = None if previous is None else job.stage_path(previous, "mask.pt")
+        prev_mask_path = None if previous is None else job.mask_path(previous)
         for half in ("a", "b"):
             stage = f"colt_round_{r:02d}_{half}"
 
@@ -280,22 +281,24 @@ def run_colt(job) -> str:
     else:  # unreachable: the intersection prunes at least `rate` per round (see check_round_schedule)
         raise RuntimeError(f"COLT did not reach sparsity {target} within {max_rounds} rounds")
 
+    pruned = COLT_PRUNE.folder_name
+
     def retrain(folder: Path, cfg: DictConfig) -> dict:
-        mask = load_mask(job.stage_path("prune", "mask.pt"))
+        mask = load_mask(job.mask_path(pruned))
         return train_masked(job, "retrain", folder, init, mask, cfg.retrain.epochs, cfg.retrain.lr)
 
-    job.run(COLT_RETRAIN, retrain, parent="prune")
-    return "retrain"
+    job.run(COLT_RETRAIN, retrain, parent=pruned)
+    return MethodOutputs(net_stage=COLT_RETRAIN.folder_name, mask_stage=pruned)
 
 
 IMP = register(MethodSpec(
-    name="imp", run=run_imp, settings=ImpSettings, check=check_imp,
+    name="imp", run=run_imp, settings=ImpSettings, check=check_imp, in_table2=True,
     summary="iterative global magnitude pruning, method.rate of the remaining weights per round, rewinding",
     stages=("init", "dense", "imp_round_*", "prune", "retrain"), epochs=("method.epochs_per_round", "retrain.epochs"),
     dense_stage="dense", color="#8c564b",
 ))
 COLT = register(MethodSpec(
-    name="colt", run=run_colt, settings=ColtSettings, check=check_colt,
+    name="colt", run=run_colt, settings=ColtSettings, check=check_colt, in_table2=True,
     summary="intersection of the magnitude tickets of two class halves per round, rewinding",
     stages=("init", "colt_round_*_a", "colt_round_*_b", "colt_round_*", "prune", "retrain"),
     epochs=("method.epochs_per_round", "retrain.epochs"), color="#e377c2",

@@ -16,9 +16,9 @@ not available to us):
   ``s_e = s · (1 − (1 − min(e + 1, P) / P)³)``, ``P = method.prune_epochs`` (null = ⌈epochs/2⌉),
   so the target ``s`` = ``pruning.sparsity`` holds from epoch ``P − 1`` on, then stays fixed.
   Masks are nested (a pruned weight stays pruned) and the final one removes exactly
-  ``round(s·N)`` prunable weights (global threshold with pruned weights at −∞).
-* ``prune`` stage: the final mask (``mask.pt``, ``sparsity_report.json``) copied from the
-  ``retrain`` stage, the run-directory contract's ``<run_dir>/prune/mask.pt``.
+  ``round(s·N)`` prunable weights (global threshold with pruned weights at −∞). The ``retrain``
+  stage holds the final network and the final mask (``mask.pt``, ``sparsity_report.json``): both
+  outputs of the method (:class:`~tgp.methods.registry.MethodOutputs`).
 
 Between mask updates pruned weights are held at zero by the :class:`~tgp.pruning.MaskEnforcer`
 that every fit carries (gradients masked before each optimizer step, weights after it), which
@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +40,10 @@ from tgp.blocks import build_net, ce_loss, load_stage_net, make_module
 from tgp.errors import ConfigError
 from tgp.io import atomic_save_json
 from tgp.lit import SelfDistilledPruningModule
-from tgp.methods.registry import MethodSpec, register
+from tgp.methods.registry import MethodOutputs, MethodSpec, register
 from tgp.pruning.callbacks import BestAtFinalSparsity, GradualMagnitudePruning
-from tgp.pruning.mask import load_mask, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.mask import MASK_FILE, SPARSITY_REPORT_FILE, prunable_parameters, save_mask, sparsity_report
 from tgp.pruning.nested import mask_counts
-from tgp.pruning.threshold import check_sparsity
 from tgp.stages import StageKind
 
 log = logging.getLogger("tgp")
@@ -54,16 +52,15 @@ SDP_DENSE = StageKind("sdp_dense", folder="dense", reads=("model", "method.dense
 SDP_RETRAIN = StageKind("sdp_retrain", folder="retrain", version=2, reads=(
     "model", "method", "retrain.epochs", "retrain.lr", "pruning.sparsity", "pruning.exclude",
     "pruning.min_layer_density"))
-SDP_PRUNE = StageKind("sdp_prune", folder="prune", reads=("pruning.sparsity",))
 
 
 @dataclass
-class SdpSettings:
-    dense_epochs: int = 6  # dense CE training of the student from its seeded init
-    dense_lr: float = 0.1
-    prune_epochs: int | None = None  # epochs of the cubic ramp; null = ceil(retrain.epochs / 2) (ours)
-    cc_weight: float = 0.1  # λ of the cross-correlation term (ours)
-    off_diagonal_weight: float = 0.005  # λ_off (ours; the Barlow Twins value)
+class SdpSettings:  # types only; the values and their provenance: conf/method/sdp.yaml
+    dense_epochs: int  # dense CE training of the student from its seeded init
+    dense_lr: float
+    prune_epochs: int | None  # epochs of the cubic ramp; null = ceil(retrain.epochs / 2)
+    cc_weight: float  # λ of the cross-correlation term
+    off_diagonal_weight: float  # λ_off
 
 
 def ramp_epochs(cfg: DictConfig) -> int:
@@ -73,11 +70,10 @@ def ramp_epochs(cfg: DictConfig) -> int:
 
 
 def check_sdp(cfg: DictConfig, dm=None) -> None:
-    check_sparsity(cfg.pruning.sparsity)
+    """The ramp fits into the fine-tuning, the loss weights are ≥ 0 (the sparsity and the epoch counts are
+    checked with every method's, before: :func:`tgp.checks.validate_job`)."""
     c = cfg.method
     epochs = int(cfg.retrain.epochs)
-    if epochs < 1:
-        raise ConfigError("retrain.epochs", epochs, "SDP's pruning fine-tuning must last at least one epoch.", "use e.g. 6.")
     if not 1 <= ramp_epochs(cfg) <= epochs:
         raise ConfigError("method.prune_epochs", c.prune_epochs,
                           f"the pruning ramp must last between 1 and retrain.epochs={epochs} epochs.",
@@ -87,8 +83,8 @@ def check_sdp(cfg: DictConfig, dm=None) -> None:
             raise ConfigError(f"method.{key}", c[key], "a loss weight cannot be negative.", "use 0 to switch the term off.")
 
 
-def run_sdp(job) -> str:
-    """Dense CE training, then gradual magnitude pruning with the cross-correlation self-distillation; ``"retrain"``."""
+def run_sdp(job) -> MethodOutputs:
+    """Dense CE training, then gradual magnitude pruning with the cross-correlation self-distillation."""
 
     def dense(folder: Path, cfg: DictConfig) -> dict:
         m = cfg.method
@@ -120,28 +116,19 @@ def run_sdp(job) -> str:
         total, kept = mask_counts(mask)
         if total - kept != round(target * total):  # a broken invariant, not a user error
             raise RuntimeError(f"SDP ended at {total - kept}/{total} pruned weights, not round({target}·{total})")
-        save_mask(mask, folder / "mask.pt")
+        save_mask(mask, folder / MASK_FILE)
         report = sparsity_report(mask, module.net, target=target)
         report.update(score="magnitude", schedule="cubic", prune_epochs=ramp, history=pruning.history)
-        atomic_save_json(report, folder / "sparsity_report.json")
+        atomic_save_json(report, folder / SPARSITY_REPORT_FILE)
         return {**result, "prune_epochs": ramp, "sparsity": report["prunable"]["sparsity"]}
 
     job.run(SDP_RETRAIN, retrain, parent="dense")
-
-    def prune(folder: Path, cfg: DictConfig) -> dict:
-        source = job.stage_path("retrain")
-        for name in ("mask.pt", "sparsity_report.json"):
-            shutil.copyfile(source / name, folder / name)
-        load_mask(folder / "mask.pt")  # a readable mask, or fail here
-        return {"epochs": 0, "copied_from": "retrain"}
-
-    job.run(SDP_PRUNE, prune, parent="retrain")
-    return "retrain"
+    return MethodOutputs(net_stage=SDP_RETRAIN.folder_name, mask_stage=SDP_RETRAIN.folder_name)
 
 
 SDP = register(MethodSpec(
     name="sdp", run=run_sdp, settings=SdpSettings, check=check_sdp,
     summary="gradual magnitude pruning during fine-tuning with a cross-correlation term to the frozen dense copy",
-    stages=("dense", "retrain", "prune"), epochs=("method.dense_epochs", "retrain.epochs"), dense_stage="dense",
+    stages=("dense", "retrain"), epochs=("method.dense_epochs", "retrain.epochs"), dense_stage="dense",
     color="#bcbd22",
 ))

@@ -6,6 +6,7 @@ module (``pl_module.update_mask``), which the :class:`~tgp.pruning.MaskEnforcer`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from pathlib import Path
@@ -17,11 +18,12 @@ from torch import Tensor
 
 from tgp.io import atomic_save_json, atomic_torch_save
 from tgp.pruning.mask import (
-    Mask, classifier_name, prunable_parameters, save_mask, sparsity_report, warn_layer_collapse,
+    MASK_FILE, SPARSITY_REPORT_FILE, Mask, classifier_name, prunable_parameters, save_mask, sparsity_report,
+    warn_layer_collapse,
 )
 from tgp.pruning.nested import magnitude_mask, mask_counts
 from tgp.pruning.schedules import cubic_sparsity
-from tgp.pruning.scores import SCORES, gradient_scores
+from tgp.pruning.scores import SCORES, Score
 from tgp.pruning.threshold import global_threshold
 
 
@@ -87,26 +89,28 @@ class OneShotPruning(L.Callback):
         self.exclude, self.min_layer_density, self.seed = list(exclude), min_layer_density, seed
         self.loss_fn = loss_fn  # (model, x, y) -> loss; None: the module's own objective
         self.keep_class_rows, self.invert = bool(keep_class_rows), bool(invert)
+        self.score_fn: Score = SCORES[score]
+        if score == "gradient":  # its options; every score is then called alike (tgp.pruning.scores)
+            self.score_fn = functools.partial(self.score_fn, accumulate=accumulate, all_reduce=all_reduce_sum)
         self.mask: Mask | None = None
         self.report: dict | None = None
 
     def _score_batches(self, trainer):
+        """This rank's share of the first ``score_batches`` batches; nothing is loaded until it is iterated.
+        Batch i goes to rank i % world: together the ranks see exactly the batches a single process would."""
         rank, world = trainer.global_rank, trainer.world_size
-        loader = trainer.datamodule.score_dataloader()
-        # Batch i goes to rank i % world: together the ranks see exactly the first
-        # `score_batches` batches a single process would.
-        return (b for i, b in enumerate(itertools.islice(loader, self.score_batches)) if i % world == rank)
+        loader = itertools.islice(trainer.datamodule.score_dataloader(), self.score_batches)
+        for i, batch in enumerate(loader):
+            if i % world == rank:
+                yield batch
 
     def compute_mask(self, trainer, pl_module) -> Mask:
         net = pl_module.net
         params = prunable_parameters(net, self.exclude)
-        if self.score == "gradient":
-            loss_fn = self.loss_fn or pl_module.objective
-            scores = gradient_scores(
-                net, params, self._score_batches(trainer), loss_fn, accumulate=self.accumulate, all_reduce=all_reduce_sum
-            )
-        else:
-            scores = SCORES[self.score](params, seed=self.seed)
+        # The batches are a generator: a score that does not use them (magnitude, random) draws none, and
+        # needs no trainer or module objective either.
+        loss_fn = self.loss_fn or getattr(pl_module, "objective", None)
+        scores = self.score_fn(net, params, self._score_batches(trainer), loss_fn, seed=self.seed)
         if self.invert:  # keep the lowest scores: among equal scores the tie rule still removes the first
             scores = {n: -s for n, s in scores.items()}
         classifier = classifier_name(net)
@@ -134,8 +138,8 @@ class OneShotPruning(L.Callback):
             warn_layer_collapse(report, "one-shot pruning" + (f" ({self.out_dir})" if self.out_dir else ""))
         self.mask, self.report = mask, report
         if self.out_dir is not None and trainer.is_global_zero:
-            save_mask(mask, Path(self.out_dir) / "mask.pt")
-            atomic_save_json(report, Path(self.out_dir) / "sparsity_report.json")
+            save_mask(mask, Path(self.out_dir) / MASK_FILE)
+            atomic_save_json(report, Path(self.out_dir) / SPARSITY_REPORT_FILE)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.state.fn == "validate":

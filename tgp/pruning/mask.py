@@ -20,6 +20,23 @@ from tgp.io import atomic_torch_save
 
 Mask = dict[str, Tensor]
 
+MASK_FILE = "mask.pt"  # a stage's mask (save_mask), and the run folder's copy of the final one
+SPARSITY_REPORT_FILE = "sparsity_report.json"  # sparsity_report() of that mask, beside it
+# The stage that held the final mask in run folders written before <run_dir>/mask.pt and metrics.json's
+# `mask_stage` (see tgp.pipeline's run-directory contract).
+LEGACY_MASK_STAGE = "prune"
+
+
+def final_mask_path(run_dir: Path) -> Path:
+    """A run folder's final mask: ``<run_dir>/mask.pt``, or ``prune/mask.pt`` in a run folder written before it."""
+    path = Path(run_dir) / MASK_FILE
+    return path if path.is_file() else Path(run_dir) / LEGACY_MASK_STAGE / MASK_FILE
+
+
+def final_sparsity_report_path(run_dir: Path, row: dict) -> Path:
+    """The sparsity report of a run's final mask: in the stage its metrics row names as ``mask_stage``."""
+    return Path(run_dir) / str(row.get("mask_stage") or LEGACY_MASK_STAGE) / SPARSITY_REPORT_FILE
+
 
 def _weight_layer_types() -> tuple[type, ...]:
     """Conv2d and Linear, plus Hugging Face's ``Conv1D`` (a Linear with a transposed weight, used by
@@ -182,7 +199,7 @@ def load_mask(path: Path, model: nn.Module | None = None) -> Mask:
         raise CheckpointMismatchError(f"mask file {path} does not exist. Fix: run the prune stage first, or check the path.")
     mask = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(mask, dict) or not all(isinstance(m, Tensor) and m.dtype == torch.bool for m in mask.values()):
-        raise CheckpointMismatchError(f"{path} is not a mask file ({{param_name: bool tensor}}). Fix: point to a prune/mask.pt.")
+        raise CheckpointMismatchError(f"{path} is not a mask file ({{param_name: bool tensor}}). Fix: point to a mask.pt written by tgp (<run_dir>/mask.pt).")
     if model is not None:
         check_mask_fits(mask, model, source=str(path))
     return mask

@@ -6,7 +6,6 @@ Pure functions of numbers; the checks raise :class:`~tgp.errors.ConfigError` nam
 from __future__ import annotations
 
 from tgp.errors import ConfigError
-from tgp.pruning.threshold import check_sparsity
 
 _EPS = 1e-9
 
@@ -29,15 +28,10 @@ def rounds_needed(rate: float, sparsity: float, limit: int = 10_000) -> int:
     return rounds
 
 
-def check_round_schedule(prefix: str, node, sparsity) -> tuple[float, float, int, int]:
-    """``(target, rate, rounds, epochs_per_round)`` of an iterative method, each checked with a clear error."""
-    target = check_sparsity(sparsity)
-    rate = check_rate(f"{prefix}.rate", node.rate)
-    rounds = check_rounds(prefix, rate, target, node.max_rounds)
-    epochs = int(node.epochs_per_round)
-    if epochs < 1:
-        raise ConfigError(f"{prefix}.epochs_per_round", epochs, "every round must train at least one epoch.", "use e.g. 10.")
-    return target, rate, rounds, epochs
+def check_round_schedule(prefix: str, node, sparsity: float) -> None:
+    """An iterative method's ``rate`` and ``max_rounds`` against the target ``sparsity`` (itself checked with
+    every method's, as is ``epochs_per_round``: :func:`tgp.checks.validate_job`), each with a clear error."""
+    check_rounds(prefix, check_rate(f"{prefix}.rate", node.rate), float(sparsity), node.max_rounds)
 
 
 def check_rounds(prefix: str, rate: float, sparsity: float, max_rounds) -> int:

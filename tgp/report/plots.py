@@ -4,7 +4,7 @@
   log axis (dense on the left, as pruning papers plot it), markers at the measured sparsities
   only, the 95 % CI over seeds as a band, the teacher and the dense student as horizontal lines.
 * ``layer_density_*_s<sparsity>``: per-layer density (kept / total) of every method's mask at one
-  sparsity, from each job's ``prune/sparsity_report.json`` (mean over seeds).
+  sparsity, from each job's final ``sparsity_report.json`` (mean over seeds).
 * ``acc_vs_flops_*``: top-1 against training FLOPs per job, one panel per sparsity, with the Pareto
   front (when the jobs recorded their cost).
 * ``radar_*``: one polygon per method, one axis per sparsity; the radius is test top-1 in %.
@@ -171,22 +171,24 @@ def _finish(fig, ax, path: Path, dpi: int) -> Path:
     return path
 
 
-def _layer_report(run_dir) -> dict | None:
-    if not run_dir:
+def _layer_report(row: dict) -> dict | None:
+    """The per-layer counts of a job's final mask (its ``mask_stage``'s ``sparsity_report.json``)."""
+    from tgp.pruning.mask import final_sparsity_report_path
+
+    if not row.get("run_dir"):
         return None
-    path = Path(run_dir) / "prune" / "sparsity_report.json"
     try:
-        return json.loads(path.read_text()).get("layers") or None
+        return json.loads(final_sparsity_report_path(row["run_dir"], row).read_text()).get("layers") or None
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
 
 
 def layer_densities(rows: list[dict], colors=None) -> dict[tuple, dict[str, dict]]:
     """(dataset, model, target sparsity) → variant label → ``{"layers": [names], "density": [mean over
-    seeds], "n": seeds, "style": ...}`` from each job's ``prune/sparsity_report.json``."""
+    seeds], "n": seeds, "style": ...}`` from each job's final ``sparsity_report.json`` (in its ``mask_stage``)."""
     acc: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
-        layers = _layer_report(r.get("run_dir"))
+        layers = _layer_report(r)
         if not layers or not isinstance(r.get("target_sparsity"), (int, float)):
             continue
         key = (r.get("dataset"), model_label(r.get("model"), r.get("model_width")), r["target_sparsity"])

@@ -1,8 +1,9 @@
-"""Every setting checked before the first stage runs: one-paragraph errors (setting, value, fix), exit 2.
+"""The job's settings checked in the job, before it writes anything: one-paragraph errors (setting, value,
+fix), exit 2.
 
-:func:`validate_job` runs in :func:`tgp.pipeline.run_pipeline` after the data and an untrained student
-are built and before any stage folder exists. Checks that need only the command line (config groups,
-unknown keys, output folders, the device) run earlier, in :func:`tgp.precheck.precheck`.
+:func:`validate_job` runs once per job, in :func:`tgp.pipeline.prepare_job`, after the data and an
+untrained student are built and before the job's folder is written (its ``.hydra/``, ``run.log``, any
+stage). Checks that need only the command line run earlier, in :func:`tgp.checks.precheck.precheck`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ import re
 from omegaconf import DictConfig, OmegaConf
 
 from tgp.errors import ConfigError
-from tgp.pruning.mask import prunable_parameters
 
 
 def validate_job(cfg: DictConfig, spec, dm, student) -> None:
-    """Checks that need the composed config, the method's spec, the datamodule and an instantiated student."""
+    """Checks that need the composed config, the method's spec, the datamodule and an instantiated student,
+    each run once: the method's settings (types, then its own ``spec.check``), epoch counts, ``stop_after``,
+    the sparsity, the batch split, ``pruning.*`` against the method and the student, ``compile``."""
+    from tgp.lit.compiled import check_compile
+    from tgp.pruning.mask import prunable_parameters
+    from tgp.pruning.threshold import check_sparsity
+
     spec.check_settings(cfg.method)
     check_epochs(cfg, spec)
     check_stop_after(cfg, spec)
-    from tgp.pruning.threshold import check_sparsity
-
     check_sparsity(OmegaConf.select(cfg, "pruning.sparsity"))
     check_batch_size(cfg)
     exclude = cfg.pruning.exclude
@@ -32,9 +36,19 @@ def validate_job(cfg: DictConfig, spec, dm, student) -> None:
     check_mask(cfg, spec, student)
     check_sanity(cfg, spec)
     check_keep_class_rows(cfg, spec)
-    from tgp.lit.compiled import check_compile
+    check_compile(cfg)  # compile_mode, and the compiler inductor needs with compile=true
+    if spec.check is not None:  # the method's own settings, after the shared ones it may rely on
+        spec.check(cfg, dm)
 
-    check_compile(cfg)  # compile / compile_mode, and the compiler inductor needs with compile=true
+
+def check_job_launch(cfg: DictConfig, multirun: bool, launcher: str) -> None:
+    """The launch mode (:func:`tgp.checks.hardware.check_launch`) of a job that runs on another machine than
+    the command line (SLURM, submitit): there the precheck could not see its processes or GPUs."""
+    from tgp.checks.hardware import check_launch
+    from tgp.checks.precheck import launched_here
+
+    if not launched_here(multirun, launcher):
+        check_launch(cfg)
 
 
 def _source(cfg: DictConfig, path: str) -> str:
@@ -92,25 +106,13 @@ def check_stop_after(cfg: DictConfig, spec) -> None:
 
 
 def world_size(cfg: DictConfig) -> int:
-    """Processes a stage's fit runs in: trainer.devices × trainer.num_nodes under a DDP strategy, else 1."""
-    trainer = cfg.get("trainer") or {}
-    strategy = trainer.get("strategy", "auto")
-    name = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "auto")
-    if not any(k in name.lower() for k in ("ddp", "fsdp", "deepspeed")):
-        return 1
-    devices = trainer.get("devices", 1)
-    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
-        n = len(devices)
-    elif str(devices) in ("-1", "auto"):
-        import torch
+    """Processes a stage's fit runs in: the devices × trainer.num_nodes under a DDP strategy, else 1."""
+    from tgp.checks.hardware import device_count, strategy_name
 
-        accel = str(trainer.get("accelerator", "auto")).lower()
-        n = torch.cuda.device_count() if accel in ("gpu", "cuda", "auto") else 1
-    elif isinstance(devices, str) and "," in devices:
-        n = len([d for d in devices.split(",") if d.strip()])
-    else:
-        n = int(devices)
-    return max(n, 1) * max(int(trainer.get("num_nodes", 1) or 1), 1)
+    if not any(k in strategy_name(cfg) for k in ("ddp", "fsdp", "deepspeed")):
+        return 1
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1
+    return max(device_count(cfg), 1) * max(int(nodes), 1)
 
 
 def check_batch_size(cfg: DictConfig) -> None:
@@ -121,21 +123,20 @@ def check_batch_size(cfg: DictConfig) -> None:
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ConfigError("data.batch_size", batch, "a batch holds a whole number of samples, at least 1.",
                           "use e.g. data.batch_size=128.")
-    world = world_size(cfg)
-    try:
-        from tgp.data.base import per_rank_batch
-    except ImportError:
-        per_rank_batch = None
-    if per_rank_batch is not None:
-        per_rank_batch(batch, world)
-    elif batch % world:
-        raise ConfigError("data.batch_size", batch, f"is the global batch, split evenly over the {world} DDP "
-                          f"processes, and does not divide by {world}.",
-                          f"set data.batch_size to a multiple of {world}.")
+    from tgp.data.base import per_rank_batch
+
+    per_rank_batch(batch, world_size(cfg))  # raises when it does not divide
 
 
 def one_shot_methods() -> list[str]:
-    """The methods whose mask comes from a one-shot prune stage (they take ``pruning.mask``), sorted."""
+    """The methods whose mask comes from a one-shot prune stage (``MethodSpec.one_shot``), sorted."""
+    from tgp.methods import load_all
+
+    return [n for n, s in sorted(load_all().items()) if s.one_shot]
+
+
+def mask_taking_methods() -> list[str]:
+    """The methods whose score a given ``pruning.mask`` may replace (``MethodSpec.accepts_mask``), sorted."""
     from tgp.methods import load_all
 
     return [n for n, s in sorted(load_all().items()) if s.accepts_mask]
@@ -143,7 +144,7 @@ def one_shot_methods() -> list[str]:
 
 def check_sanity(cfg: DictConfig, spec) -> None:
     """``pruning.sanity``: a known variant (:mod:`tgp.pruning.sanity`), for a method whose mask comes from a one-shot
-    prune stage (those that accept ``pruning.mask``), and not combined with settings it would silently ignore."""
+    prune stage (``MethodSpec.one_shot``), and not combined with settings it would silently ignore."""
     from tgp.pruning.sanity import RANDOM_VARIANTS, VARIANTS
 
     value = OmegaConf.select(cfg, "pruning.sanity", default=None)
@@ -156,7 +157,7 @@ def check_sanity(cfg: DictConfig, spec) -> None:
         raise ConfigError("pruning.sanity", value, "no such sanity-check variant.",
                           (f"did you mean pruning.sanity={close[0]}? " if close else "")
                           + f"use null (the method itself) or one of: {', '.join(VARIANTS)}.")
-    if not spec.accepts_mask:
+    if not spec.one_shot:
         one_shot = one_shot_methods()
         raise ConfigError("pruning.sanity", value, f"method {spec.name} does not prune in one shot; sanity-check "
                           "variants are defined for one-shot methods only.",
@@ -179,7 +180,7 @@ def check_keep_class_rows(cfg: DictConfig, spec) -> None:
 
     if not OmegaConf.select(cfg, "pruning.keep_class_rows", default=False):
         return
-    if not spec.accepts_mask:
+    if not spec.one_shot:
         one_shot = one_shot_methods()
         raise ConfigError("pruning.keep_class_rows", True, f"method {spec.name} makes its masks with its own pruning "
                           "rule, which does not keep a weight per class, so the setting would be ignored.",
@@ -200,19 +201,19 @@ def check_mask(cfg: DictConfig, spec, student) -> None:
     if not path:
         return
     if not spec.accepts_mask:
-        accepting = one_shot_methods()
+        accepting = mask_taking_methods()
         raise ConfigError("pruning.mask", path, f"method {spec.name} computes its own masks.",
                           f"use pruning.mask with one of {', '.join(accepting)}, or drop it.")
+    from pathlib import Path
+
     from tgp.errors import CheckpointMismatchError
     from tgp.pruning.mask import load_mask
-
-    from pathlib import Path
 
     if not Path(str(path)).is_file():
         raise CheckpointMismatchError(
             f"pruning.mask={path!r}: there is no such file (relative paths are relative to the folder the command "
-            f"is started in, here {Path.cwd()}). Fix: point to a prune/mask.pt written by tgp for this model, e.g. "
-            "<run_dir>/prune/mask.pt.")
+            f"is started in, here {Path.cwd()}). Fix: point to a mask.pt written by tgp for this model, e.g. "
+            "<run_dir>/mask.pt (the final mask of a finished run).")
     try:
         load_mask(path, student)
     except CheckpointMismatchError as e:
@@ -221,4 +222,4 @@ def check_mask(cfg: DictConfig, spec, student) -> None:
     except Exception as e:  # noqa: BLE001 - torch.load of a file that is no torch file at all
         raise CheckpointMismatchError(
             f"pruning.mask={path!r}: the file cannot be read as a mask ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            "Fix: point to a prune/mask.pt written by tgp for this model.") from None
+            "Fix: point to a mask.pt written by tgp for this model (<run_dir>/mask.pt).") from None
