@@ -49,3 +49,18 @@ def test_cli_help_and_cfg_job():
     assert job.returncode == 0
     cfg = OmegaConf.create(job.stdout)
     assert cfg.pruning.sparsity == 0.7 and cfg.name == "smoke"
+
+
+@pytest.mark.parametrize("overrides", [[], ["experiment=demo"], ["experiment=demo_mnist5k"]], ids=["default", "demo", "demo_mnist5k"])
+def test_the_dense_student_has_no_dead_weights_at_the_data_s_resolution(overrides, tmp_path):
+    """A plain `python -m tgp.run` (and each demo): under 1 % of the student's prunable weights lie on
+    no input→output path at the default data's input shape (e.g. taps that only ever read padding)."""
+    from tgp.report.connectivity import effective_sparsity
+
+    cfg = compose_cfg(overrides, tmp_path)
+    dm = instantiate(cfg.data)
+    student = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    teacher = instantiate(cfg.teacher.net, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    shape = (dm.in_channels, dm.image_size, dm.image_size)
+    assert effective_sparsity(student, None, shape) < 0.01
+    assert effective_sparsity(teacher, None, shape) < 0.01
