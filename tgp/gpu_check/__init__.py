@@ -125,7 +125,7 @@ def command(part: Part, c: Check) -> list[str]:
                f"hydra.run.dir={c.work / 'job'}", "progress_bar=false"]
         if c.dry:
             cmd += ["trainer=cpu", "model.width=4", "teacher.net.width=4", "data.batch_size=32", "data.val_size=32",
-                    "pruning.score_batches=2"]
+                    "data.num_workers=0", "pruning.score_batches=2"]
         return cmd
     if part.name == "table2":
         return [py, str(ROOT / "experiments" / "reproduce_table2.py"), "--dry-run", "--bench", str(c.folder / "bench.json")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,29 +24,38 @@ COMPILED = {"yaml": "PyYAML"}
 FROM_WHEELHOUSE = {"hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime",
                    "rich": "rich", "pytest": "pytest"}
 REQUIREMENTS = "requirements.txt"  # in the wheelhouse: the pinned distributions it holds
-VENV = ".gpu-venv"  # in the repository (git-ignored): a venv over the machine's packages
-TARGET = ".gpu-deps"  # fallback where venv is unavailable: a folder put on PYTHONPATH
+#: in the repository (git-ignored): the wheelhouse's packages, put on the parts' PYTHONPATH. Not a
+#: venv with --system-site-packages: one made from a Python that is itself a venv (or conda env)
+#: does not see that environment's torch; and pip's --target is not refused under PEP 668.
+TARGET = ".gpu-deps"
 
 
 def missing(modules) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
-def _run(cmd: list[str], timeout: float) -> tuple[int, str]:
+def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, str]:
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return 124, f"timed out after {timeout:.0f} s: {' '.join(cmd)}"
     return p.returncode, (p.stdout + p.stderr)[-3000:]
 
 
+def _importable(root: Path, timeout: float) -> tuple[int, str]:
+    """Whether the parts' Python, with ``TARGET`` on its path, imports everything the check needs."""
+    modules = [*PREINSTALLED, *COMPILED, *FROM_WHEELHOUSE]
+    env = part_env({"pythonpath": [str(root / TARGET)]}, root)
+    return _run([sys.executable, "-c", "import " + ", ".join(modules)], timeout, env)
+
+
 def ensure(root: Path, wheelhouse: Path, timeout: float) -> dict:
-    """The Python the parts run with and what was done to get it.
+    """What the parts need, installed from the wheelhouse where this Python lacks it.
 
     Returns ``{"status", "python", "pythonpath", "how", "installed", "missing_preinstalled",
-    "missing_compiled", "note"}``: ``how`` is ``present`` (this Python has everything), ``venv``
-    (``.gpu-venv`` with ``--system-site-packages`` + ``pip install --no-index --find-links``) or
-    ``target`` (``pip install --target .gpu-deps``, put on PYTHONPATH, where venv is unavailable)."""
+    "missing_compiled", "note"}``: ``how`` is ``present`` (this Python has everything), ``reused``
+    (an earlier check's ``.gpu-deps``) or ``target`` (``pip install --no-index --find-links
+    wheelhouse --no-deps --target .gpu-deps``, put on PYTHONPATH)."""
     record = {"python": sys.executable, "pythonpath": [], "how": "present", "installed": [],
               "missing_preinstalled": [PREINSTALLED[m] for m in missing(PREINSTALLED)],
               "missing_compiled": [COMPILED[m] for m in missing(COMPILED)]}
@@ -57,32 +67,28 @@ def ensure(root: Path, wheelhouse: Path, timeout: float) -> dict:
         notes.append(f"{', '.join(record['missing_compiled'])} is missing and compiled, so not in the wheelhouse: the "
                      "parts that compose Hydra configs fail (install it with pip where a network exists)")
     wanted = [FROM_WHEELHOUSE[m] for m in missing(FROM_WHEELHOUSE)]
-    venv_python = root / VENV / "bin" / "python"
-    if wanted and venv_python.is_file():  # an earlier check's venv
-        code, _ = _run([str(venv_python), "-c", "import " + ", ".join(FROM_WHEELHOUSE)], timeout)
-        if code == 0:
-            record.update(python=str(venv_python), how="venv")
-            wanted = []
+    if wanted and (root / TARGET).is_dir() and _importable(root, timeout)[0] == 0:
+        record.update(how="reused", pythonpath=[str(root / TARGET)])
+        wanted = []
     if wanted:
         requirements = wheelhouse / REQUIREMENTS
         if not requirements.is_file():
             notes.append(f"missing here: {', '.join(wanted)}, and there is no wheelhouse at {wheelhouse} (run "
                          "`make wheelhouse` on a machine with a network and copy wheelhouse/ along)")
             return {**record, "status": "failed", "note": "; ".join(notes)}
-        pip = ["-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse), "-r", str(requirements),
-               "--disable-pip-version-check", "-q"]
-        code, out = _run([sys.executable, "-m", "venv", "--system-site-packages", str(root / VENV)], timeout)
-        if code == 0:
-            code, out = _run([str(venv_python), *pip], timeout)
-            record.update(python=str(venv_python), how="venv")
-        if code != 0:  # no venv module (or pip in it): install beside the machine's packages instead
-            notes.append(f"venv unavailable ({out.strip().splitlines()[-1] if out.strip() else code}); used --target")
-            code, out = _run([sys.executable, *pip, "--no-deps", "--target", str(root / TARGET)], timeout)
-            record.update(python=sys.executable, how="target", pythonpath=[str(root / TARGET)])
+        shutil.rmtree(root / TARGET, ignore_errors=True)
+        code, out = _run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse),
+                          "--no-deps", "--target", str(root / TARGET), "-r", str(requirements),
+                          "--disable-pip-version-check", "-q"], timeout)
+        record.update(how="target", pythonpath=[str(root / TARGET)], installed=wanted)
         if code != 0:
             notes.append(f"pip install from the wheelhouse failed: {out.strip()[-600:]}")
             return {**record, "status": "failed", "note": "; ".join(notes)}
-        record["installed"] = wanted
+    if record["how"] != "present" and not record["missing_preinstalled"] and not record["missing_compiled"]:
+        code, out = _importable(root, timeout)
+        if code != 0:  # e.g. Python < 3.11: pytest also wants exceptiongroup and tomli
+            notes.append(f"installed, but an import fails: {out.strip().splitlines()[-1] if out.strip() else code}")
+            return {**record, "status": "failed", "note": "; ".join(notes)}
     ok = not record["missing_preinstalled"] and not record["missing_compiled"]
     return {**record, "status": "ok" if ok else "failed", "note": "; ".join(notes) or None}
 
