@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tgp.gpu_check import deps
-from tgp.gpu_check.summary import bench_rows, markdown
+from tgp.gpu_check.summary import markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 470  # the whole check on one GPU, under 8 minutes with the orchestration around it
@@ -84,11 +84,13 @@ def slug(device: str) -> str:
 
 def plan(dry: bool) -> list[Part]:
     compiled_env = {"TORCHDYNAMO_DISABLE": "1"} if dry else {}
+    # GPU budgets: ours, not yet measured on a GPU (sized to sum to DEADLINE_S); dry budgets: generous,
+    # for 2 shared CPU cores (the dry job took 63 s there at a load of 5, 151 s at a load of 7)
     parts = [Part("env", 20, 60), Part("gpu_tests", 55, 120)]
     for recipe in RECIPES:
-        parts += [Part(f"bench_{recipe}_eager", 35, 90),
-                  Part(f"bench_{recipe}_compiled", 85, 90, env=compiled_env)]
-    parts += [Part("fake_cifar", 15, 30), Part("job", 90, 180, needs=("fake_cifar",)), Part("table2", 15, 60)]
+        parts += [Part(f"bench_{recipe}_eager", 35, 150),
+                  Part(f"bench_{recipe}_compiled", 85, 150, env=compiled_env)]
+    parts += [Part("fake_cifar", 15, 30), Part("job", 90, 400, needs=("fake_cifar",)), Part("table2", 15, 60)]
     return parts
 
 
@@ -207,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="folder for the generated data and the job (default: a temporary "
                                                     "one, removed at the end)")
     ap.add_argument("--deadline", type=float, default=None,
-                    help=f"seconds for the whole check (default {DEADLINE_S} on a GPU, 900 with --cpu-dry)")
+                    help=f"seconds for the whole check (default {DEADLINE_S} on a GPU, 1500 with --cpu-dry)")
     args = ap.parse_args(argv)
-    deadline = args.deadline or (900.0 if args.cpu_dry else DEADLINE_S)
+    deadline = args.deadline or (1500.0 if args.cpu_dry else DEADLINE_S)
     start = time.monotonic()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tgp_gpu_check_"))
     out = Path(args.out).resolve()
@@ -263,4 +265,4 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 
-__all__ = ["main", "plan", "bench_rows"]
+__all__ = ["main", "plan", "run_part"]
