@@ -9,7 +9,7 @@ export WANDB_SILENT := true
 # Never block on a login prompt: without an API key, W&B runs offline.
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-slow test-all demo bench reproduce-table2 sweep report lint clean
+.PHONY: install test test-slow test-all demo bench reproduce-table2 sweep report lint clean gpu-check wheelhouse
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -54,6 +54,18 @@ sweep: install
 # outputs/ (report: outputs/reproduce_table2[_smoke]/), never into the source tree; ARGS="--dry-run" only plans.
 reproduce-table2: install
 	$(PY) experiments/reproduce_table2.py --smoke $(SMOKE) $(ARGS)
+
+# A GPU's first minutes in one command (no network, no `install`: the machine's Python with torch,
+# torchvision, lightning and torchmetrics, the rest from wheelhouse/): versions, GPU tests, bench,
+# a one-epoch CIFAR-10 job, the Table 2 estimate -> outputs/gpu_check/<device>.json/.md.
+# CPU_DRY=1 (or ARGS=--cpu-dry): every part at toy size on the CPU. GPU_PY: the Python to use.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) -m tgp.gpu_check $(if $(filter 1,$(CPU_DRY)),--cpu-dry) $(ARGS)
+
+# The pure-Python wheels gpu-check installs offline (needs a package index; ~2.4 MB in wheelhouse/).
+wheelhouse: install
+	$(PY) -m tgp.gpu_check.wheelhouse $(ARGS)
 
 report: install  # make report ARGS=outputs/sweeps/<name>
 	$(PY) -m tgp.report $(ARGS)

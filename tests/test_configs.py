@@ -115,3 +115,17 @@ def test_method_settings_check_names_a_missing_value_and_a_wrong_type(tmp_path):
         spec.check_settings(without)
     with pytest.raises(ConfigError, match=r"^method.max_rounds='many': wrong type"):
         spec.check_settings(OmegaConf.merge(cfg, {"max_rounds": "many"}))
+
+
+@pytest.mark.parametrize("overrides", [[], ["experiment=demo"], ["experiment=demo_mnist5k"]], ids=["default", "demo", "demo_mnist5k"])
+def test_the_dense_student_has_no_dead_weights_at_the_data_s_resolution(overrides, tmp_path):
+    """A plain `python -m tgp.run` (and each demo): under 1 % of the student's prunable weights lie on
+    no input→output path at the default data's input shape (e.g. taps that only ever read padding)."""
+    from tgp.measure.connectivity import effective_sparsity
+
+    cfg = compose_cfg(overrides, tmp_path)
+    dm = instantiate(cfg.data)
+    student = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    teacher = instantiate(cfg.teacher.net, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    assert effective_sparsity(student, None, dm.example_input()) < 0.01
+    assert effective_sparsity(teacher, None, dm.example_input()) < 0.01

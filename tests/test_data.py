@@ -265,7 +265,7 @@ def test_bad_settings_raise_config_error():
     assert SyntheticDataModule(num_workers=0, persistent_workers=True).train_dataloader().persistent_workers is False
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "tiny_imagenet", "digits", "synthetic"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "tiny_imagenet", "digits", "mnist5k", "synthetic"])
 def test_hydra_configs_instantiate(tmp_path, name):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf

@@ -21,6 +21,7 @@ _WHERE = {
     "CIFAR100DataModule": "tgp.data.cifar",
     "TinyImageNetDataModule": "tgp.data.tiny_imagenet",
     "DigitsDataModule": "tgp.data.digits",
+    "MNIST5kDataModule": "tgp.data.mnist5k",
     "SyntheticDataModule": "tgp.data.synthetic",
     "TextClassificationDataModule": "tgp.data.text.datamodule",
 }

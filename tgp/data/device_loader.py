@@ -8,7 +8,8 @@ per image, which cannot keep up with a ResNet-18 step in bf16; on a CPU it deliv
 thousands of images per second per core (``python -m tgp.bench.data``).
 
 The augmentation equals the torch path's ``RandomCrop(size, padding=p)`` (zero fill) +
-``RandomHorizontalFlip()`` + ``Normalize`` per image, drawn from a device generator instead.
+``RandomHorizontalFlip()`` (unless ``flip=False``, e.g. for digits, whose mirror images are not
+digits) + ``Normalize`` per image, drawn from a device generator instead.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class DeviceLoader:
         drop_last: bool = False,
         augment: bool = False,
         padding: int = 4,
+        flip: bool = True,
         seed: int = 0,
         channels_last: bool = False,
         epoch_fn: Callable[[], int] | None = None,
@@ -60,6 +62,7 @@ class DeviceLoader:
         self.labels = labels.to(self.device, torch.long)
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
         self.augment, self.padding, self.seed = augment, int(padding) if augment else 0, int(seed)
+        self.flip = bool(augment and flip)
         self.channels_last, self.epoch_fn = channels_last, epoch_fn
         self._format = torch.channels_last if channels_last else torch.contiguous_format
         self._epoch = 0
@@ -68,7 +71,7 @@ class DeviceLoader:
         if self.padding:  # pad once, not per batch; zero fill as RandomCrop(padding=p) does
             p = self.padding
             images = F.pad(images.permute(0, 3, 1, 2), (p, p, p, p)).permute(0, 2, 3, 1).contiguous()
-        if augment:
+        if self.flip:
             # Each padded image and its mirror image, [2N, H + 2p, W + 2p, C]: a flipped crop at column
             # offset x is the mirror image's crop at offset 2p - x, so one indexing op per batch crops and
             # flips (twice the memory of the padded split; per-element gathers were 10x slower on a CPU).
@@ -106,14 +109,16 @@ class DeviceLoader:
 
     # -- batches ----------------------------------------------------------------------------
     def _augment(self, idx: Tensor, gen: torch.Generator) -> Tensor:
-        """Images ``idx``, each randomly cropped back to ``size`` from its padded copy and randomly
-        flipped horizontally: ``uint8 [B, C, H, W]`` (a view order over NHWC memory)."""
+        """Images ``idx``, each randomly cropped back to ``size`` from its padded copy and (with
+        ``flip``) randomly flipped horizontally: ``uint8 [B, C, H, W]`` (a view order over NHWC memory)."""
         b, (h, w), p = idx.shape[0], self.size, self.padding
         off_y = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=gen)
         off_x = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=gen)
-        flip = torch.rand(b, device=self.device, generator=gen) < 0.5
-        source = torch.where(flip, idx + self.labels.shape[0], idx)  # the mirror image of a flipped sample
-        off_x = torch.where(flip, 2 * p - off_x, off_x)
+        source = idx
+        if self.flip:
+            flip = torch.rand(b, device=self.device, generator=gen) < 0.5
+            source = torch.where(flip, idx + self.labels.shape[0], idx)  # the mirror image of a flipped sample
+            off_x = torch.where(flip, 2 * p - off_x, off_x)
         windows = self.images.unfold(1, h, 1).unfold(2, w, 1)  # a view [2N, 2p+1, 2p+1, C, H, W]: every crop
         return windows[source, off_y, off_x]
 

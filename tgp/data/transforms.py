@@ -9,12 +9,14 @@ import torch.nn.functional as F
 from torchvision import transforms as T
 
 
-def pil_train_transform(size: int, mean: Sequence[float], std: Sequence[float], padding: int = 4) -> T.Compose:
-    """Standard CIFAR-style augmentation for PIL input: padded random crop + horizontal flip."""
+def pil_train_transform(size: int, mean: Sequence[float], std: Sequence[float], padding: int = 4,
+                        flip: bool = True) -> T.Compose:
+    """Standard CIFAR-style augmentation for PIL input: padded random crop + horizontal flip
+    (``flip=False``: the crop alone, for data whose mirror images are not in the data, e.g. digits)."""
     return T.Compose(
         [
             T.RandomCrop(size, padding=padding),
-            T.RandomHorizontalFlip(),
+            *([T.RandomHorizontalFlip()] if flip else []),
             T.ToTensor(),
             T.Normalize(mean, std),
         ]

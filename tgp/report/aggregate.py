@@ -118,14 +118,16 @@ def _baseline_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def aggregate(rows: list[dict], reference: str | None = AUTO) -> list[dict]:
+def aggregate(rows: list[dict], reference: str | None = AUTO, min_effect: float = 0.01) -> list[dict]:
     """The report's rows, from the metrics rows of finished jobs.
 
     * ``kind="method"``: one per (method, sanity, dataset, model, target_sparsity, retrain_kd):
       ``<metric>_mean/_std`` over seeds, and for the accuracies the 95 % CI ``_lo/_hi`` and ``_n``
       (see :mod:`tgp.report.stats`); with a ``reference`` method, ``diff_<metric>_mean/_lo/_hi/_n``
       and ``diff_<metric>_mark`` (``*`` when the CI excludes 0), the paired difference to the
-      reference's run of the same cell and seed (in accuracy units, positive = better than it).
+      reference's run of the same cell and seed (in accuracy units, positive = better than it), and
+      its power figures ``diff_<metric>_sd/_mdd/_seeds_needed`` (the seeds needed for a true
+      difference of ``min_effect``, accuracy units: 0.01 = 1 pp; :mod:`tgp.report.stats`).
     * ``kind="teacher"`` / ``kind="dense"``: the teacher and the dense student per (dataset, model),
       sparsity 0, their last-epoch accuracy over seeds in ``top1_last_*``.
 
@@ -140,7 +142,8 @@ def aggregate(rows: list[dict], reference: str | None = AUTO) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[tuple(r.get(k) for k in GROUP_KEYS)].append(r)
-    diffs = {m: paired_differences(rows, reference, m, GROUP_KEYS) for m in ACCURACY_METRICS} if reference else {}
+    diffs = ({m: paired_differences(rows, reference, m, GROUP_KEYS, min_effect=min_effect) for m in ACCURACY_METRICS}
+             if reference else {})
     out = []
     for key, rs in groups.items():
         g = dict(zip(GROUP_KEYS, key))
@@ -166,6 +169,10 @@ def aggregate(rows: list[dict], reference: str | None = AUTO) -> list[dict]:
             g[f"diff_{metric}_hi"] = d.hi if d else None
             g[f"diff_{metric}_n"] = d.n if d else 0
             g[f"diff_{metric}_mark"] = d.mark if d else ""
+            g[f"diff_{metric}_sd"] = d.std if d else None
+            g[f"diff_{metric}_mdd"] = d.mdd if d else None
+            g[f"diff_{metric}_seeds_needed"] = d.seeds_needed if d else None
+        g["power_min_effect"] = min_effect
         out.append(g)
     out += _baseline_rows(rows)
 

@@ -5,7 +5,8 @@ are listed as failed with their error) and writes, into ``--out`` (default: SWEE
 
 - ``report.md``   per method (+ sanity-check variant) × dataset × model × target sparsity × retrain KD:
                   mean ± std, 95 % CI and n over seeds, the paired difference to ``--reference``
-                  (default tgp) over matched seeds; the teacher and dense student as rows; nominal,
+                  (default tgp) over matched seeds with its power (the smallest difference the
+                  seeds detect, the seeds needed for ``--min-effect`` pp); the teacher and dense student as rows; nominal,
                   measured and effective sparsity; training cost per method (each stage once); the
                   failed, incomplete and missing jobs. The table is also printed to stdout.
 - ``report.csv``  one row per job (done and failed)
@@ -25,6 +26,8 @@ from tgp.report.aggregate import AUTO, aggregate, method_costs
 from tgp.report.jobs import find_jobs, write_csv
 from tgp.report.markdown import markdown_report, markdown_table
 from tgp.report.references import load_references
+from tgp.report.power_table import power_sentence, power_table
+
 from tgp.resources import reference_dir
 
 DEFAULT_REFERENCES = reference_dir()
@@ -38,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of reference YAML files (published numbers); 'none' to draw none")
     p.add_argument("--reference", default=AUTO, metavar="METHOD",
                    help="method the paired differences are taken against (default: tgp when present; 'none': none)")
+    p.add_argument("--min-effect", type=float, default=1.0, metavar="PP",
+                   help="true difference (percentage points of top-1) for the 'seeds needed' power figure (default 1)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--wandb", action="store_true", help="also log a comparison run to W&B (offline without an API key)")
     p.add_argument("--wandb-project", default="tgp")
@@ -53,10 +58,14 @@ def method_colors() -> dict[str, str]:
 
 
 def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, wandb=False,
-               wandb_project="tgp", reference: str | None = AUTO, colors: dict[str, str] | None = None) -> dict:
+               wandb_project="tgp", reference: str | None = AUTO, colors: dict[str, str] | None = None,
+               min_effect: float = 1.0) -> dict:
     """Write the report of ``sweep_dirs`` into ``out``; ``colors``: ``{method: colour}`` of the plots
     (default: the method registry's, :func:`method_colors`; a method missing there gets a fixed colour
-    from its name)."""
+    from its name); ``min_effect``: the difference, in percentage points, the power table sizes seeds for."""
+    if not min_effect > 0:
+        raise ValueError(f"--min-effect={min_effect!r}: must be a positive number of percentage points. "
+                         "Fix: pass e.g. --min-effect 1 (one point of top-1).")
     sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
     for d in sweep_dirs:
         if not d.is_dir():
@@ -72,7 +81,7 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
         jobs.missing += more.missing
     if reference is not None and str(reference).lower() == "none":
         reference = None
-    groups = aggregate(jobs.ok, reference=reference)
+    groups = aggregate(jobs.ok, reference=reference, min_effect=min_effect / 100)
     costs = method_costs(jobs.ok)
     refs = load_references(None if str(references).lower() == "none" else references)
     png = []
@@ -94,15 +103,22 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.min_effect > 0:
+        parser.error(f"--min-effect {args.min_effect:g}: must be a positive number of percentage points. "
+                     "Fix: pass e.g. --min-effect 1 (one point of top-1).")
     try:
         res = run_report(args.sweep_dir, args.out, args.references, plots=not args.no_plots, wandb=args.wandb,
-                         wandb_project=args.wandb_project, reference=args.reference)
+                         wandb_project=args.wandb_project, reference=args.reference, min_effect=args.min_effect)
     except FileNotFoundError as e:
         print(f"tgp-report: error: {e}", file=sys.stderr)
         return 2
     jobs = res["jobs"]
     print(markdown_table(res["groups"]) if res["groups"] else "(no finished job)")
+    power = power_table(res["groups"])
+    if power:
+        print(f"\n{power}\n{power_sentence(res['groups'])}")
     print(f"\n{len(jobs.ok)} done, {len(jobs.failed)} failed, {len(jobs.incomplete)} incomplete, "
           f"{len(jobs.missing)} missing")
     for r in jobs.failed:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tgp.report.aggregate import method_costs, method_label, method_rows
 from tgp.report.jobs import Jobs
+from tgp.report.power_table import power_sentence, power_table
 from tgp.report.references import model_label
 from tgp.report.stats import LEVEL
 
@@ -152,6 +153,9 @@ def markdown_report(root: Path, jobs: Jobs, groups: list[dict], refs: list[dict]
            f"{len(jobs.missing)} missing.", ""]
     if groups:
         out += [markdown_table(groups), "", *_legend(groups), ""]
+        power = power_table(groups)
+        if power:
+            out += [power, "", power_sentence(groups), ""]
     else:
         out += ["_no finished job_", ""]
     if costs is None:

@@ -15,6 +15,12 @@ seed ``i`` where both ran the same cell (same dataset, model, target sparsity, r
 The mark ``*`` is set exactly when that interval excludes 0 (the two-sided paired t-test at the
 same level rejects "no difference").
 
+**Power** (ours; reported for every paired difference): from the observed standard deviation
+``s_d`` of the ``n`` paired differences, the paired t-test at two-sided level α = 0.05 with power
+0.8 gives :func:`minimum_detectable_difference` (the smallest true difference it detects 80 % of
+the time with these ``n`` seeds) and :func:`seeds_needed` (how many seeds it needs to detect a
+given difference). Both use the exact power of the test, a noncentral t (see :func:`paired_t_power`).
+
 ``t_quantile`` uses ``scipy.stats.t.ppf`` when scipy is importable (it is, via scikit-learn) and
 otherwise its own inversion of the Student t CDF (regularized incomplete beta by continued
 fraction, then bisection), which the tests check against a printed t table and against scipy.
@@ -24,9 +30,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 LEVEL = 0.95
+ALPHA = 0.05  # two-sided level of the power figures (= 1 − LEVEL)
+POWER = 0.8  # the conventional target power of the power figures
 #: what makes two runs a matched pair, besides the method: the same cell of the grid and the same seed
 MATCH_KEYS = ("dataset", "model", "target_sparsity", "retrain_kd")
 SIGNIFICANT = "*"
@@ -157,9 +165,90 @@ def summarize(values, level: float = LEVEL) -> Summary:
     return Summary(n, mean, std, mean - half, mean + half, level, tuple(vals))
 
 
+@dataclass(frozen=True)
+class PairedDifference(Summary):
+    """The :class:`Summary` of paired differences, with the power figures of its standard deviation:
+    ``mdd`` (:func:`minimum_detectable_difference` at this ``n``) and ``seeds_needed``
+    (:func:`seeds_needed` for a true difference of ``min_effect``); None below two pairs."""
+
+    mdd: float | None = None
+    seeds_needed: int | None = None
+    min_effect: float | None = None
+
+
 def mean_std(values) -> tuple[float | None, float | None]:
     s = summarize(values)
     return s.mean, s.std
+
+
+# -- power of the paired t-test -----------------------------------------------------------------
+def _power_at(ncp: float, n: int, alpha: float) -> float:
+    """Power of the two-sided paired t-test with ``n`` pairs at noncentrality ``ncp`` (see :func:`paired_t_power`)."""
+    from scipy.stats import nct  # scipy comes with scikit-learn, a dependency
+
+    df, crit = n - 1, t_quantile(1 - alpha / 2, n - 1)
+    # P(T' < −c) as P(−T' > c) = sf(c; −δ): scipy's nct.cdf returns NaN far in its lower tail
+    return float(nct.sf(crit, df, ncp) + nct.sf(crit, df, -ncp))
+
+
+def paired_t_power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test at level ``alpha`` with ``n`` pairs when the true mean
+    difference is ``effect`` and the differences' standard deviation is ``sd``::
+
+        power = P(T' > t_{1−α/2, n−1}) + P(T' < −t_{1−α/2, n−1}),   T' ~ noncentral t(n − 1, δ),
+        δ = effect · √n / sd                                        (the noncentrality)
+    """
+    if n < 2:
+        raise ValueError(f"the paired t-test needs n >= 2 pairs, got {n}")
+    if sd <= 0:
+        return 1.0 if effect != 0 else alpha
+    return _power_at(abs(effect) * math.sqrt(n) / sd, n, alpha)
+
+
+def minimum_detectable_difference(sd: float | None, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest true mean difference that the paired t-test with ``n`` pairs detects with
+    probability ``power`` (two-sided ``alpha``), given the differences' standard deviation ``sd``::
+
+        MDD = δ* · sd / √n,   δ* the noncentrality at which the power is ``power``   (solved exactly)
+
+    The textbook approximation ``MDD ≈ (t_{1−α/2, n−1} + t_{power, n−1}) · sd / √n`` (it neglects the
+    test's other tail and treats the noncentral t as a shifted central one) only starts the root
+    search: it is too optimistic at the few seeds a sweep runs, its difference being detected only
+    73 % of the time at n = 2, 77 % at n = 3, 79 % at n = 5 (80 % from n ≈ 10).
+    None when ``n < 2`` or ``sd`` is None; 0 when ``sd`` is 0.
+    """
+    if sd is None or n < 2:
+        return None
+    if sd == 0:
+        return 0.0
+    from scipy.optimize import brentq
+
+    hi = 2.0 * (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1))  # twice the approximation's δ*
+    while _power_at(hi, n, alpha) < power:
+        hi *= 2.0
+    ncp = brentq(lambda d: _power_at(d, n, alpha) - power, 0.0, hi, xtol=1e-12, rtol=1e-12)
+    return ncp * sd / math.sqrt(n)
+
+
+def seeds_needed(sd: float | None, effect: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
+    """The smallest number of seeds (pairs) ``n ≥ 2`` at which the paired t-test detects a true
+    difference of ``effect`` with probability ``power`` (two-sided ``alpha``), given the
+    differences' standard deviation ``sd``: the smallest ``n`` with
+    ``paired_t_power(effect, sd, n) ≥ power``, equivalently ``minimum_detectable_difference(sd, n) ≤ effect``.
+    None when ``sd`` is None; 2 when ``sd`` is 0."""
+    if sd is None:
+        return None
+    if not effect > 0:
+        raise ValueError(f"effect must be > 0, got {effect}")
+    if paired_t_power(effect, sd, 2, alpha) >= power:
+        return 2
+    lo, hi = 2, 4  # power grows with n: double until it reaches the target, then bisect
+    while paired_t_power(effect, sd, hi, alpha) < power:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if paired_t_power(effect, sd, mid, alpha) < power else (lo, mid)
+    return hi
 
 
 # -- paired differences --------------------------------------------------------------------------
@@ -180,10 +269,12 @@ def is_reference(row: dict, reference: str) -> bool:
 
 
 def paired_differences(rows: list[dict], reference: str, metric: str, group_keys: tuple[str, ...],
-                       level: float = LEVEL) -> dict[tuple, Summary]:
+                       level: float = LEVEL, min_effect: float = 0.01) -> dict[tuple, PairedDifference]:
     """For each group of ``rows`` (by ``group_keys``, which must contain :data:`MATCH_KEYS`) that is
-    not the reference: the :class:`Summary` of ``d_seed = metric(row) − metric(reference run)`` over
-    the seeds both have in the same cell. Groups with no matched seed are left out.
+    not the reference: the :class:`PairedDifference` of ``d_seed = metric(row) − metric(reference run)``
+    over the seeds both have in the same cell, with its power figures (the seeds needed for a true
+    difference of ``min_effect``, in the metric's units: 0.01 = 1 percentage point of accuracy).
+    Groups with no matched seed are left out.
 
     A method without a teacher (its rows have ``teacher`` None, so ``retrain_kd`` is always
     false) is paired with the reference's KD-retrained run of the cell when the reference has no
@@ -208,5 +299,7 @@ def paired_differences(rows: list[dict], reference: str, metric: str, group_keys
             if (cell, seed) in ref:
                 diffs.append(v - ref[(cell, seed)])
         if diffs:
-            out[key] = summarize(diffs, level)
+            d = summarize(diffs, level)
+            out[key] = PairedDifference(**asdict(d), mdd=minimum_detectable_difference(d.std, d.n),
+                                        seeds_needed=seeds_needed(d.std, min_effect), min_effect=min_effect)
     return out

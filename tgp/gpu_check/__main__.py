@@ -1,0 +1,5 @@
+import sys
+
+from tgp.gpu_check import main
+
+sys.exit(main())
