@@ -369,13 +369,13 @@ def test_report_shows_the_power_of_every_comparison(sweep, tmp_path, capsys):
     assert report_main([str(sweep), "--out", str(out), "--references", "none", "--no-plots", "--min-effect", "5"]) == 0
     md = (out / "report.md").read_text()
     best, last = (minimum_detectable_difference(sd, 3) for sd in (0.1, 0.02))
-    row = (f"| magnitude (CE) − tgp | digits | resnet20 | 50.00 | 3 | 10.00 | {100 * best:.2f} | {seeds_needed(0.1, 0.05)} "
+    row = (f"| magnitude − tgp | digits | resnet20 | 50.00 | 3 | 10.00 | {100 * best:.2f} | {seeds_needed(0.1, 0.05)} "
            f"| 2.00 | {100 * last:.2f} | {seeds_needed(0.02, 0.05)} |")
     assert row in md and row in capsys.readouterr().out
     assert "best-val: seeds for 5 pp" in md and "**Power** (paired t-test, two-sided α = 0.05, power 0.8" in md
     assert f"{100 * best:.2f}" == "32.64"  # δ* = 5.6535 at n = 3 (exact noncentral t) · 10 pp / √3
     # magnitude at 90 % has one seed: no SD, so no power row
-    assert "| magnitude (CE) − tgp | digits | resnet20 | 90.00" not in md
+    assert "| magnitude − tgp | digits | resnet20 | 90.00" not in md
 
 
 def test_min_effect_must_be_positive(sweep, capsys):
