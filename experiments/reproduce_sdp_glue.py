@@ -110,11 +110,15 @@ def _select(keys: list[str]) -> str:
     return f"method.name={','.join(names)}"
 
 
-def build_grid(benchmarks, methods, sparsities, seeds, smoke: bool) -> list[dict]:
-    """One entry per Hydra multirun: its benchmark, tag, overrides and the jobs it will create."""
+def build_grid(benchmarks, methods, sparsities, seeds, smoke: bool, tasks=None) -> list[dict]:
+    """One entry per Hydra multirun: its benchmark, tag, overrides and the jobs it will create
+    (``tasks``: only these of each benchmark's tasks; a benchmark left with none is left out)."""
     grid = []
     for bench in benchmarks:
-        b = BENCHMARKS[bench]
+        b = dict(BENCHMARKS[bench])
+        b["tasks"] = tuple(t for t in b["tasks"] if tasks is None or t in tasks)
+        if not b["tasks"]:
+            continue
         experiment = b["smoke" if smoke else "experiment"]
         model = recipe(experiment)["model"]
         for tag, keys, extra, kds in _groups(methods):
@@ -248,6 +252,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", type=int, choices=(0, 1), default=0, help="1: tiny files, tiny models, one seed, CPU")
     p.add_argument("--benchmarks", default=None, help=f"comma list (default: {','.join(BENCHMARKS)})")
     p.add_argument("--methods", default=None, help=f"comma list (default: {','.join(METHODS)})")
+    p.add_argument("--tasks", default=None, help="comma list: only these tasks (default: every task of each benchmark)")
     p.add_argument("--sparsities", default=None, help="comma list (default: conf/sweep/text_sparsity.yaml; smoke: 0.5)")
     p.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; smoke: 0)")
     p.add_argument("--log-dir", default=None, help="paths.log_dir of the runs (default: outputs)")
@@ -264,7 +269,10 @@ def main(argv=None) -> int:
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     benchmarks = split(args.benchmarks) if args.benchmarks else list(BENCHMARKS)
     methods = split(args.methods) if args.methods else list(METHODS)
-    for what, given, known in (("--benchmarks", benchmarks, BENCHMARKS), ("--methods", methods, METHODS)):
+    tasks = split(args.tasks) if args.tasks else None
+    all_tasks = [t for b in BENCHMARKS.values() for t in b["tasks"]]
+    for what, given, known in (("--benchmarks", benchmarks, BENCHMARKS), ("--methods", methods, METHODS),
+                               ("--tasks", tasks or [], all_tasks)):
         unknown = [x for x in given if x not in known]
         if unknown:
             p.error(f"{what} {','.join(unknown)}: not known here; use any of {','.join(known)}.")
@@ -272,7 +280,7 @@ def main(argv=None) -> int:
                   else list(SMOKE["sparsities"] if smoke else text_sparsities()))
     seeds = [int(s) for s in split(args.seeds)] if args.seeds else list(SMOKE["seeds"] if smoke else SEEDS)
 
-    grid = build_grid(benchmarks, methods, sparsities, seeds, smoke)
+    grid = build_grid(benchmarks, methods, sparsities, seeds, smoke, tasks)
     from tgp.bench import default_path
 
     device = current_device()

@@ -158,6 +158,39 @@ def test_reproduce_sdp_glue_dry_run_prints_the_grid_and_an_estimate(capsys, tmp_
     assert m.main(["--dry-run", "--benchmarks", "glue", "--bench", str(path)]) == 0
     out = capsys.readouterr().out
     assert "MEASURED there" in out and "ASSUMPTIONS" not in out
+    cut = m.build_grid(["glue", "xglue"], ["sdp", "dense"], [0.5], [0], smoke=True, tasks={"cola", "xnli"})
+    assert {(j["task"], j["model"]) for e in cut for j in e["jobs"]} == {("cola", "bert_tiny"), ("xnli", "xlmr_tiny")}
+    assert len(cut) == 4 and all("data.task=cola" in e["overrides"] or "data.task=xnli" in e["overrides"] for e in cut)
     with pytest.raises(SystemExit):
         m.main(["--dry-run", "--methods", "sdp,snip"])
     assert "--methods snip: not known here" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CONF / "method" / "dense.yaml").exists(),
+                    reason="the text pipeline (method=dense, text metrics rows) is not in this checkout")
+def test_reproduce_sdp_glue_smoke_end_to_end(tmp_path):
+    """The smoke grid through the real script, cut to three GLUE tasks (two metrics, MNLI's two sets) and
+    XNLI, SDP with and without its cross-correlation term and the dense model: every job finishes and the
+    report has the mean over the 3 GLUE tasks (not called the GLUE score) and XNLI's 15 languages."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "logs" / "reproduce_sdp_glue_smoke"
+    cmd = [sys.executable, "experiments/reproduce_sdp_glue.py", "--smoke", "1", "--tasks", "cola,mrpc,mnli,xnli",
+           "--methods", "sdp,sdp_lambda0,dense", "--log-dir", str(tmp_path / "logs"),
+           f"paths.stage_store={tmp_path / 'stages'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}, [(r["method"], r.get("error")) for r in rows]
+    md = (out / "report.md").read_text()
+    assert "## Mean score over 3 of 8 GLUE tasks (not the GLUE score)" in md and "| GLUE score" not in md
+    assert "sdp (λ=0)" in md and "dense bert_tiny (" in md and "dense xlmr_tiny (" in md
+    xnli = md.split("### xnli (15 languages)", 1)[1].split("\n\n", 2)[1]
+    assert xnli.count("| sdp | no | xlmr_tiny |") == 16  # 15 languages and the average
+    assert (out / "score_vs_params_glue.png").stat().st_size > 5000

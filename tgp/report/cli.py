@@ -115,7 +115,9 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
 
 def summary_tables(groups: list[dict]) -> str:
     """The main table(s) for stdout: the image table; per kind of text score, its table."""
-    image, text = [g for g in groups if not is_text(g)], [g for g in groups if is_text(g)]
+    from tgp.report.text_markdown import text_order
+
+    image, text = [g for g in groups if not is_text(g)], text_order([g for g in groups if is_text(g)])
     tables = [markdown_table(image)] if image else []
     for name in dict.fromkeys(g["score_name"] for g in text):
         tables.append(markdown_table([g for g in text if g["score_name"] == name], name, params=True))
