@@ -288,3 +288,21 @@ def test_wandb_table_names_text_scores_as_scores(report):
     assert rows[("sdp", "cola")]["score_name"] == "mcc"
     image = [{**g, "score_name": "top1"} for g in res["groups"]]
     assert columns(image) == list(COLUMNS)
+
+
+def test_a_teacherless_reference_pairs_with_both_kd_variants():
+    """With SDP (no teacher, always CE) as the reference, TGP retrained with KD and without is each paired
+    with SDP's run of the cell and seed: d = score(tgp variant) − score(sdp)."""
+    from tgp.report.aggregate import GROUP_KEYS
+    from tgp.report.stats import paired_differences
+
+    base = {"dataset": "rte", "model": "bert_base", "target_sparsity": 0.5, "sanity": None}
+    sdp = {s: 0.60 + 0.02 * s for s in SEEDS}
+    rows = [{**base, "method": "sdp", "teacher": None, "retrain_kd": False, "seed": s, "score_best_val": v}
+            for s, v in sdp.items()]
+    rows += [{**base, "method": "tgp", "teacher": "bert_base", "retrain_kd": kd, "seed": s,
+              "score_best_val": sdp[s] + (0.05 if kd else 0.01) + 0.001 * s} for s in SEEDS for kd in (True, False)]
+    d = paired_differences(rows, "sdp", "score_best_val", GROUP_KEYS)
+    assert d[("tgp", None, "rte", "bert_base", 0.5, True)].mean == pytest.approx(0.051)
+    assert d[("tgp", None, "rte", "bert_base", 0.5, False)].mean == pytest.approx(0.011)
+    assert d[("tgp", None, "rte", "bert_base", 0.5, False)].n == 3
