@@ -9,7 +9,7 @@ export WANDB_SILENT := true
 # Never block on a login prompt: without an API key, W&B runs offline.
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-slow test-all demo bench reproduce-table2 sweep report lint clean gpu-check wheelhouse
+.PHONY: install test test-slow test-all demo bench reproduce-table2 reproduce-sdp-glue sweep report lint clean gpu-check wheelhouse
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -54,6 +54,11 @@ sweep: install
 # outputs/ (report: outputs/reproduce_table2[_smoke]/), never into the source tree; ARGS="--dry-run" only plans.
 reproduce-table2: install
 	$(PY) experiments/reproduce_table2.py --smoke $(SMOKE) $(ARGS)
+
+# SDP's Transformer comparison: BERT-base on GLUE, XLM-R base on XGLUE (SMOKE=1: tiny files of every task,
+# tiny models, one seed, CPU). Report: outputs/reproduce_sdp_glue[_smoke]/; ARGS="--dry-run" only plans.
+reproduce-sdp-glue: install
+	$(PY) experiments/reproduce_sdp_glue.py --smoke $(SMOKE) $(ARGS)
 
 # A GPU's first minutes in one command (no network, no `install`: the machine's Python with torch,
 # torchvision, lightning and torchmetrics, the rest from wheelhouse/): versions, GPU tests, bench,

@@ -10,6 +10,7 @@ from collections import defaultdict
 
 from tgp.report import cost
 from tgp.report.references import model_label
+from tgp.report.scores import DENSE_METHOD, TOP1, add_scores, flat_metrics, format_count
 from tgp.report.stats import is_reference, paired_differences, summarize
 
 log = logging.getLogger("tgp")
@@ -17,13 +18,15 @@ log = logging.getLogger("tgp")
 #: one row of the report per these (``model`` width-qualified, e.g. ``resnet18-w8``; see :func:`model_label`)
 GROUP_KEYS = ("method", "sanity", "dataset", "model", "target_sparsity", "retrain_kd")
 
-#: the accuracy columns of the report (which checkpoint each one is: tgp.report.markdown.CHECKPOINTS)
-ACCURACY_METRICS = ("top1_best_val", "top1_last")
+#: the score columns of the report (which checkpoint each one is: tgp.report.markdown.CHECKPOINTS); a
+#: top-1 group also carries them under their top-1 names (``top1_best_val_mean`` …, :func:`_top1_aliases`)
+SCORE_METRICS = ("score_best_val", "score_last")
+ACCURACY_METRICS = SCORE_METRICS
 AUTO = "auto"
-#: per-job numbers summarized over seeds in every method row (besides the accuracies)
+#: per-job numbers summarized over seeds in every method row (besides the scores)
 OTHER_METRICS = ("measured_sparsity", "effective_sparsity", "effective_sparsity_dense", "flops_nonzero",
-                 "flops_effective", "top1_teacher", "top1_dense_student", "epochs_total", "seconds_total",
-                 "cost_flops", "student_epochs_equiv")
+                 "flops_effective", "score_teacher", "score_dense_student", "epochs_total", "seconds_total",
+                 "cost_flops", "student_epochs_equiv", "params_nonzero", "params_total")
 KIND_ORDER = {"teacher": 0, "dense": 1, "method": 2}
 
 
@@ -55,9 +58,12 @@ def uses_teacher(row: dict) -> bool:
 
 def normalize(row: dict) -> dict:
     """A copy of a metrics row as the report groups it: width-qualified model (and teacher) names,
-    ``sanity`` None unless set, ``cost_flops`` per job, ``uses_teacher`` (:func:`uses_teacher`) and
-    ``dense_stage`` (None in rows written before it was recorded: their dense student is unnamed)."""
-    r = dict(row)
+    ``sanity`` None unless set, ``cost_flops`` per job, ``uses_teacher`` (:func:`uses_teacher`),
+    ``dense_stage`` (None in rows written before it was recorded: their dense student is unnamed), the
+    score fields (:func:`tgp.report.scores.add_scores`: ``score_*``, top-1 in rows written before them)
+    and the official metrics as flat fields (:func:`tgp.report.scores.flat_metrics`)."""
+    r = add_scores(dict(row))
+    r.update(flat_metrics(row))
     r["uses_teacher"] = uses_teacher(row)
     r["dense_stage"] = row.get("dense_stage") or None
     r["model"] = model_label(row.get("model"), row.get("model_width"))
@@ -80,6 +86,40 @@ def _summary_fields(g: dict, metric: str, values, ci: bool) -> None:
         g[f"{metric}_lo"], g[f"{metric}_hi"], g[f"{metric}_n"] = s.lo, s.hi, s.n
 
 
+def _diff_fields(g: dict, metric: str, d) -> None:
+    """``diff_<metric>_mean/_lo/_hi/_n/_mark`` and the power figures ``_sd/_mdd/_seeds_needed`` of a
+    paired-difference summary (or of none)."""
+    g[f"diff_{metric}_mean"] = d.mean if d else None
+    g[f"diff_{metric}_lo"] = d.lo if d else None
+    g[f"diff_{metric}_hi"] = d.hi if d else None
+    g[f"diff_{metric}_n"] = d.n if d else 0
+    g[f"diff_{metric}_mark"] = d.mark if d else ""
+    g[f"diff_{metric}_sd"] = getattr(d, "std", None) if d else None
+    g[f"diff_{metric}_mdd"] = getattr(d, "mdd", None) if d else None
+    g[f"diff_{metric}_seeds_needed"] = getattr(d, "seeds_needed", None) if d else None
+
+
+def _top1_aliases(g: dict) -> None:
+    """A top-1 group's score fields under their top-1 names too (``score_last_mean`` → ``top1_last_mean``):
+    for images the score is top-1, and readers of the top-1 names (W&B tables, scripts) keep working."""
+    if g.get("score_name", TOP1) != TOP1:
+        return
+    for key in [k for k in g if "score_" in k and k != "score_name"]:
+        g[key.replace("score_", "top1_")] = g[key]
+
+
+def _official_metrics(g: dict, rs: list[dict], diffs: dict, key: tuple) -> None:
+    """``g["metrics"]``: per official-metric field (:func:`tgp.report.scores.metric_field`) of the group's
+    rows, its summary over seeds and its paired difference to the reference (``diff_*``)."""
+    fields = sorted({f for r in rs for f in r if f.startswith(("metric/", "group/"))})
+    g["metrics"] = {}
+    for f in fields:
+        m: dict = {}
+        _summary_fields(m, "value", [r.get(f) for r in rs], ci=True)
+        _diff_fields(m, "value", diffs.get(f, {}).get(key))
+        g["metrics"][f] = m
+
+
 def _per_seed_mean(rows: list[dict], field: str) -> list[float]:
     """One value per seed (a shared stage's accuracy occurs in every job of that seed: counted once)."""
     by_seed: dict = defaultdict(list)
@@ -96,11 +136,11 @@ def _baseline_rows(rows: list[dict]) -> list[dict]:
     out = []
     teachers, dense = defaultdict(list), defaultdict(list)
     for r in rows:
-        if r.get("top1_teacher") is not None:
+        if r.get("score_teacher") is not None:
             teachers[(r.get("dataset"), r.get("model"), r.get("teacher"))].append(r)
-        if r.get("top1_dense_student") is not None:
+        if r.get("score_dense_student") is not None:
             dense[(r.get("dataset"), r.get("model"), r.get("dense_stage"))].append(r)
-    for kind, table, metric in (("teacher", teachers, "top1_teacher"), ("dense", dense, "top1_dense_student")):
+    for kind, table, metric in (("teacher", teachers, "score_teacher"), ("dense", dense, "score_dense_student")):
         for (dataset, model, what), rs in table.items():
             vals = _per_seed_mean(rs, metric)
             label = (f"teacher {what or '?'}" if kind == "teacher"
@@ -108,12 +148,16 @@ def _baseline_rows(rows: list[dict]) -> list[dict]:
             g = {"kind": kind, "method": label, "label": label, "variant": label, "sanity": None, "dataset": dataset,
                  "model": model, "teacher": what if kind == "teacher" else None,
                  "dense_stage": what if kind == "dense" else None, "target_sparsity": 0.0, "retrain_kd": None,
-                 "n": len(vals), "seeds": sorted({r.get("seed") for r in rs}, key=str), "reference": None}
-            _summary_fields(g, "top1_last", vals, ci=True)  # the last epoch of its stage
-            _summary_fields(g, "top1_best_val", [], ci=True)  # not recorded for these stages
+                 "n": len(vals), "seeds": sorted({r.get("seed") for r in rs}, key=str), "reference": None,
+                 "score_name": rs[0]["score_name"], "benchmark": rs[0].get("benchmark"), "metrics": {}}
+            _summary_fields(g, "score_last", vals, ci=True)  # the last epoch of its stage
+            _summary_fields(g, "score_best_val", [], ci=True)  # not recorded for these stages
             for m in OTHER_METRICS:
                 g[f"{m}_mean"] = g[f"{m}_std"] = None
             g["measured_sparsity_mean"] = g["effective_sparsity_mean"] = 0.0
+            if kind == "dense":  # the dense student has the pruned model's architecture, every weight kept
+                g["params_total_mean"] = g["params_nonzero_mean"] = summarize([r.get("params_total") for r in rs]).mean
+            _top1_aliases(g)
             out.append(g)
     return out
 
@@ -122,14 +166,19 @@ def aggregate(rows: list[dict], reference: str | None = AUTO, min_effect: float 
     """The report's rows, from the metrics rows of finished jobs.
 
     * ``kind="method"``: one per (method, sanity, dataset, model, target_sparsity, retrain_kd):
-      ``<metric>_mean/_std`` over seeds, and for the accuracies the 95 % CI ``_lo/_hi`` and ``_n``
-      (see :mod:`tgp.report.stats`); with a ``reference`` method, ``diff_<metric>_mean/_lo/_hi/_n``
-      and ``diff_<metric>_mark`` (``*`` when the CI excludes 0), the paired difference to the
-      reference's run of the same cell and seed (in accuracy units, positive = better than it), and
-      its power figures ``diff_<metric>_sd/_mdd/_seeds_needed`` (the seeds needed for a true
-      difference of ``min_effect``, accuracy units: 0.01 = 1 pp; :mod:`tgp.report.stats`).
+      ``<metric>_mean/_std`` over seeds, and for the scores (``score_best_val``, ``score_last``: the
+      row's score, top-1 for images) the 95 % CI ``_lo/_hi`` and ``_n`` (see :mod:`tgp.report.stats`);
+      with a ``reference`` method, ``diff_<metric>_mean/_lo/_hi/_n`` and ``diff_<metric>_mark`` (``*``
+      when the CI excludes 0), the paired difference to the reference's run of the same cell and seed
+      (in score units, positive = better than it), and its power figures
+      ``diff_<metric>_sd/_mdd/_seeds_needed`` (the seeds needed for a true difference of ``min_effect``,
+      score units: 0.01 = 1 point; :mod:`tgp.report.stats`). ``metrics``: the same for each official metric of a
+      text task (:func:`_official_metrics`). A ``method=dense`` row (a dense comparison model) is
+      labelled ``dense <model> (<nonzero params>)``.
     * ``kind="teacher"`` / ``kind="dense"``: the teacher and the dense student per (dataset, model),
-      sparsity 0, their last-epoch accuracy over seeds in ``top1_last_*``.
+      sparsity 0, their last-epoch score over seeds in ``score_last_*``.
+
+    A top-1 group carries its score fields under their top-1 names too (``top1_best_val_mean`` …).
 
     ``reference="auto"``: ``tgp`` when present; None: no differences.
     """
@@ -142,8 +191,10 @@ def aggregate(rows: list[dict], reference: str | None = AUTO, min_effect: float 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[tuple(r.get(k) for k in GROUP_KEYS)].append(r)
-    diffs = ({m: paired_differences(rows, reference, m, GROUP_KEYS, min_effect=min_effect) for m in ACCURACY_METRICS}
+    diffs = ({m: paired_differences(rows, reference, m, GROUP_KEYS, min_effect=min_effect) for m in SCORE_METRICS}
              if reference else {})
+    fields = sorted({f for r in rows for f in r if f.startswith(("metric/", "group/"))})
+    field_diffs = {f: paired_differences(rows, reference, f, GROUP_KEYS) for f in fields} if reference else {}
     out = []
     for key, rs in groups.items():
         g = dict(zip(GROUP_KEYS, key))
@@ -152,10 +203,15 @@ def aggregate(rows: list[dict], reference: str | None = AUTO, min_effect: float 
         g["uses_teacher"] = any(r["uses_teacher"] for r in rs)
         g["variant"] = variant_label(g["method"], g["retrain_kd"], g["sanity"], g["uses_teacher"])
         g["teacher"] = next((r["teacher"] for r in rs if r.get("teacher")), None)
-        for metric in ACCURACY_METRICS:
+        g["score_name"] = rs[0]["score_name"]
+        g["benchmark"] = next((r["benchmark"] for r in rs if r.get("benchmark")), None)
+        for metric in SCORE_METRICS:
             _summary_fields(g, metric, [r.get(metric) for r in rs], ci=True)
         for metric in OTHER_METRICS:
             _summary_fields(g, metric, [r.get(metric) for r in rs], ci=False)
+        g["is_dense_model"] = g["method"] == DENSE_METHOD and not g["sanity"]
+        if g["is_dense_model"]:
+            g["label"] = g["variant"] = dense_model_label(g["model"], g["params_nonzero_mean"])
         g["n"] = len(rs)
         g["seeds"] = sorted({r.get("seed") for r in rs}, key=str)
         devices = sorted({str(job_device(r)) for r in rs if job_device(r)})
@@ -163,16 +219,10 @@ def aggregate(rows: list[dict], reference: str | None = AUTO, min_effect: float 
         g["reference"] = reference
         g["is_reference"] = reference is not None and is_reference(g, reference)
         for metric, by_group in diffs.items():
-            d = by_group.get(key)
-            g[f"diff_{metric}_mean"] = d.mean if d else None
-            g[f"diff_{metric}_lo"] = d.lo if d else None
-            g[f"diff_{metric}_hi"] = d.hi if d else None
-            g[f"diff_{metric}_n"] = d.n if d else 0
-            g[f"diff_{metric}_mark"] = d.mark if d else ""
-            g[f"diff_{metric}_sd"] = d.std if d else None
-            g[f"diff_{metric}_mdd"] = d.mdd if d else None
-            g[f"diff_{metric}_seeds_needed"] = d.seeds_needed if d else None
+            _diff_fields(g, metric, by_group.get(key))
+        _official_metrics(g, rs, field_diffs, key)
         g["power_min_effect"] = min_effect
+        _top1_aliases(g)
         out.append(g)
     out += _baseline_rows(rows)
 
@@ -187,6 +237,11 @@ def aggregate(rows: list[dict], reference: str | None = AUTO, min_effect: float 
 
 def method_rows(groups: list[dict]) -> list[dict]:
     return [g for g in groups if g.get("kind", "method") == "method"]
+
+
+def dense_model_label(model, params_nonzero) -> str:
+    """``dense bert_small (28.8M)``: a dense comparison model and its nonzero parameters."""
+    return f"dense {model} ({format_count(params_nonzero)})"
 
 
 def method_label(method, sanity=None) -> str:

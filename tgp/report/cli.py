@@ -10,7 +10,14 @@ are listed as failed with their error) and writes, into ``--out`` (default: SWEE
                   measured and effective sparsity; training cost per method (each stage once); the
                   failed, incomplete and missing jobs. The table is also printed to stdout.
 - ``report.csv``  one row per job (done and failed)
-- ``*.png``       top-1 vs density (log), per-layer density, top-1 vs training FLOPs, radar, cost
+- ``*.png``       score vs density (log), per-layer density, score vs training FLOPs, radar, cost; for text
+                  tasks also score vs nonzero parameters (log; dense comparison models as points)
+
+The score is each job's ``score_*`` (top-1 for images; a text task's own score, e.g. MCC for CoLA). Text
+sweeps get, besides the score table per kind of score: the GLUE score per (method, model, sparsity,
+retrain KD) over the GLUE tasks present (named so: a partial set is never called the GLUE score), the
+official metrics of tasks with more than one, and XGLUE's per-language rows with their average — at
+``--checkpoint`` (best-val by default).
 
 ``--wandb`` also logs a comparison run (the table with its intervals and the plots) to W&B.
 """
@@ -23,11 +30,12 @@ from pathlib import Path
 
 from tgp.io import atomic_write_bytes
 from tgp.report.aggregate import AUTO, aggregate, method_costs
+from tgp.report.benchmarks import glue_rows
 from tgp.report.jobs import find_jobs, write_csv
 from tgp.report.markdown import markdown_report, markdown_table
-from tgp.report.references import load_references
 from tgp.report.power_table import power_sentence, power_table
-
+from tgp.report.references import load_references
+from tgp.report.scores import CHECKPOINTS, is_text
 from tgp.resources import reference_dir
 
 DEFAULT_REFERENCES = reference_dir()
@@ -43,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method the paired differences are taken against (default: tgp when present; 'none': none)")
     p.add_argument("--min-effect", type=float, default=1.0, metavar="PP",
                    help="true difference (percentage points of top-1) for the 'seeds needed' power figure (default 1)")
+    p.add_argument("--checkpoint", default="best_val", choices=CHECKPOINTS,
+                   help="which checkpoint the text tables (GLUE score, official metrics, XGLUE languages) and the "
+                        "score-vs-parameters plots show (default: best_val, selected on validation)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--wandb", action="store_true", help="also log a comparison run to W&B (offline without an API key)")
     p.add_argument("--wandb-project", default="tgp")
@@ -59,10 +70,11 @@ def method_colors() -> dict[str, str]:
 
 def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, wandb=False,
                wandb_project="tgp", reference: str | None = AUTO, colors: dict[str, str] | None = None,
-               min_effect: float = 1.0) -> dict:
+               min_effect: float = 1.0, checkpoint: str = "best_val") -> dict:
     """Write the report of ``sweep_dirs`` into ``out``; ``colors``: ``{method: colour}`` of the plots
     (default: the method registry's, :func:`method_colors`; a method missing there gets a fixed colour
-    from its name); ``min_effect``: the difference, in percentage points, the power table sizes seeds for."""
+    from its name); ``min_effect``: the difference, in percentage points, the power table sizes seeds for;
+    ``checkpoint``: that of the text tables and the score-vs-parameters plots."""
     if not min_effect > 0:
         raise ValueError(f"--min-effect={min_effect!r}: must be a positive number of percentage points. "
                          "Fix: pass e.g. --min-effect 1 (one point of top-1).")
@@ -82,24 +94,42 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
     if reference is not None and str(reference).lower() == "none":
         reference = None
     groups = aggregate(jobs.ok, reference=reference, min_effect=min_effect / 100)
+    reference = next((g["reference"] for g in groups if g.get("reference")), None)  # "auto" resolved
+    glue = glue_rows(jobs.ok, reference, checkpoint)
     costs = method_costs(jobs.ok)
     refs = load_references(None if str(references).lower() == "none" else references)
     png = []
     if plots and groups:
         from tgp.report.plots import make_plots
 
-        png = make_plots(groups, refs, out, rows=jobs.ok, colors=method_colors() if colors is None else colors)
+        from tgp.report.plots_params import plot_score_vs_params
+
+        colors = method_colors() if colors is None else colors
+        png = make_plots(groups, refs, out, rows=jobs.ok, colors=colors)
+        png += plot_score_vs_params(groups, glue, out, checkpoint, colors=colors)
     title = ", ".join(str(d) for d in sweep_dirs)
-    text = markdown_report(Path(title), jobs, groups, refs, png, costs=costs).encode()
+    text = markdown_report(Path(title), jobs, groups, refs, png, costs=costs, glue=glue, checkpoint=checkpoint).encode()
     atomic_write_bytes(out / "report.md", lambda f: f.write(text))
     write_csv(jobs.ok + jobs.failed, out / "report.csv")
-    result = {"out": out, "jobs": jobs, "groups": groups, "references": refs, "plots": png, "costs": costs[0]}
+    result = {"out": out, "jobs": jobs, "groups": groups, "glue": glue, "references": refs, "plots": png,
+              "costs": costs[0]}
     if wandb:
         from tgp.report.wandb_report import log_comparison
 
         result["wandb_dir"] = log_comparison(groups, refs, png, name=sweep_dirs[0].name, project=wandb_project,
                                              costs=costs[0])
     return result
+
+
+def summary_tables(groups: list[dict]) -> str:
+    """The main table(s) for stdout: the image table; per kind of text score, its table."""
+    from tgp.report.text_markdown import text_order
+
+    image, text = [g for g in groups if not is_text(g)], text_order([g for g in groups if is_text(g)])
+    tables = [markdown_table(image)] if image else []
+    for name in dict.fromkeys(g["score_name"] for g in text):
+        tables.append(markdown_table([g for g in text if g["score_name"] == name], name, params=True))
+    return "\n\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                      "Fix: pass e.g. --min-effect 1 (one point of top-1).")
     try:
         res = run_report(args.sweep_dir, args.out, args.references, plots=not args.no_plots, wandb=args.wandb,
-                         wandb_project=args.wandb_project, reference=args.reference, min_effect=args.min_effect)
+                         wandb_project=args.wandb_project, reference=args.reference, min_effect=args.min_effect,
+                         checkpoint=args.checkpoint)
     except FileNotFoundError as e:
         print(f"tgp-report: error: {e}", file=sys.stderr)
         return 2
     jobs = res["jobs"]
-    print(markdown_table(res["groups"]) if res["groups"] else "(no finished job)")
+    print(summary_tables(res["groups"]) if res["groups"] else "(no finished job)")
     power = power_table(res["groups"])
     if power:
         print(f"\n{power}\n{power_sentence(res['groups'])}")

@@ -21,6 +21,7 @@ import yaml
 from tgp.data import dataset_name
 from tgp.io import atomic_write_bytes
 from tgp.report.references import as_width, model_label
+from tgp.report.scores import DENSE_METHOD
 
 CSV_FIRST = ("status", "method", "sanity", "dataset", "model", "model_width", "teacher", "teacher_width", "seed",
              "retrain_kd", "target_sparsity", "measured_sparsity", "effective_sparsity", "top1_best_val", "top1_last",
@@ -79,6 +80,33 @@ def _cfg_get(cfg: dict, *keys, default=None):
     return node
 
 
+#: method settings that make a named ablation of a method: (method, setting, value) → the report's method name
+ABLATIONS = {("sdp", "cc_weight", 0.0): "sdp (λ=0)"}
+
+
+def ablation_name(method, method_cfg) -> str | None:
+    """The report's name of a method run as one of its :data:`ABLATIONS` (``sdp`` with
+    ``method.cc_weight=0``: ``sdp (λ=0)``, plain gradual magnitude pruning), else None."""
+    if not isinstance(method_cfg, dict):
+        return None
+    for (name, setting, value), label in ABLATIONS.items():
+        try:
+            if method == name and float(method_cfg.get(setting)) == value:
+                return label
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def add_ablation(row: dict, folder: Path) -> dict:
+    """``row["method"]`` renamed to its ablation's name (:func:`ablation_name`) from the job's config."""
+    if any(row.get("method") == name for name, _, _ in ABLATIONS):
+        label = ablation_name(row["method"], _cfg_get(_read_config(folder, resolved_first=True), "method"))
+        if label:
+            row["method"] = label
+    return row
+
+
 def add_widths(row: dict, folder: Path) -> dict:
     """``model_width`` / ``teacher_width`` from the job's config when ``metrics.json`` lacks them."""
     if row.get("model_width") is None or (row.get("teacher") and row.get("teacher_width") is None):
@@ -105,8 +133,9 @@ def _job_settings(folder: Path) -> dict:
         sparsity = float(sparsity)
     except (TypeError, ValueError):
         pass
+    method = get("method", "name")
     return {
-        "method": get("method", "name"), "dataset": dataset_name(get("data")), "model": get("model", "name"),
+        "method": ablation_name(method, get("method")) or method, "dataset": dataset_name(get("data")), "model": get("model", "name"),
         "model_width": as_width(get("model", "width")), "sanity": get("sanity") or get("pruning", "sanity") or None,
         "seed": get("seed"), "retrain_kd": bool(get("retrain", "kd", default=True)), "target_sparsity": sparsity,
     }
@@ -137,7 +166,7 @@ def find_jobs(root: str | Path) -> Jobs:
                 continue
             row.setdefault("status", "ok")
             row["run_dir"] = str(folder)
-            jobs.ok.append(add_widths(row, folder))
+            jobs.ok.append(add_ablation(add_widths(row, folder), folder))
         elif has_error:
             text = (folder / "error.txt").read_text(errors="replace")
             jobs.failed.append({**_job_settings(folder), "status": "failed", "error": _error_summary(text),
@@ -152,20 +181,22 @@ def expected_but_missing(jobs: Jobs) -> list[dict]:
     """Cells of the grid seen in this folder with no job folder at all.
 
     The grid is inferred: within each (dataset, model), every (method, retrain_kd) seen is expected
-    at every target sparsity and seed seen there.
+    at every target sparsity and seed seen there; the dense comparison method (``method=dense``, no
+    pruning) only at its own sparsity 0, and the other methods not at that one.
     """
     seen = defaultdict(lambda: {"variants": set(), "sparsities": set(), "seeds": set(), "have": set()})
     for r in jobs.all_rows:
         if r.get("method") is None or r.get("target_sparsity") is None:
             continue
-        g = seen[(r.get("dataset"), model_label(r.get("model"), r.get("model_width")))]
+        dense = r["method"] == DENSE_METHOD
+        g = seen[(r.get("dataset"), model_label(r.get("model"), r.get("model_width")), dense)]
         variant = (r["method"], bool(r.get("retrain_kd")), r.get("sanity") or None)
         g["variants"].add(variant)
         g["sparsities"].add(r["target_sparsity"])
         g["seeds"].add(r.get("seed"))
         g["have"].add((*variant, r["target_sparsity"], r.get("seed")))
     missing = []
-    for (dataset, model), g in sorted(seen.items(), key=lambda kv: str(kv[0])):
+    for (dataset, model, _), g in sorted(seen.items(), key=lambda kv: str(kv[0])):
         for method, kd, sanity in sorted(g["variants"], key=str):
             for s in sorted(g["sparsities"], key=lambda x: (not isinstance(x, (int, float)), x if isinstance(x, (int, float)) else 0, str(x))):
                 for seed in sorted(g["seeds"], key=str):

@@ -1,13 +1,16 @@
 """PNG plots of a sweep (matplotlib, Agg backend), one figure of each kind per (dataset, model).
 
-* ``acc_vs_sparsity_*``: test top-1 (best-val checkpoint) against the density ``1 − sparsity`` on a
+The y axis is each run's score (:mod:`tgp.report.scores`): test top-1 for images, the task's score for
+text (e.g. MCC for CoLA), named in every label.
+
+* ``acc_vs_sparsity_*``: test score (best-val checkpoint) against the density ``1 − sparsity`` on a
   log axis (dense on the left, as pruning papers plot it), markers at the measured sparsities
   only, the 95 % CI over seeds as a band, the teacher and the dense student as horizontal lines.
 * ``layer_density_*_s<sparsity>``: per-layer density (kept / total) of every method's mask at one
   sparsity, from each job's final ``sparsity_report.json`` (mean over seeds).
-* ``acc_vs_flops_*``: top-1 against training FLOPs per job, one panel per sparsity, with the Pareto
+* ``acc_vs_flops_*``: the score against training FLOPs per job, one panel per sparsity, with the Pareto
   front (when the jobs recorded their cost).
-* ``radar_*``: one polygon per method, one axis per sparsity; the radius is test top-1 in %.
+* ``radar_*``: one polygon per method, one axis per sparsity; the radius is the test score (×100).
 * ``cost_*``: training FLOPs, seconds (with the device) and epochs per job.
 
 A method has the same colour in every plot: its ``color`` in the method registry, passed in as a
@@ -36,6 +39,7 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from tgp.report.aggregate import method_rows, uses_teacher, variant_label  # noqa: E402
 from tgp.report.references import model_label, same_model  # noqa: E402
+from tgp.report.scores import TOP1, header, title  # noqa: E402
 
 log = logging.getLogger("tgp")
 
@@ -45,7 +49,19 @@ _SPARE_COLORS = ("#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5
 TEACHER_COLOR, DENSE_COLOR = "black", "#555555"
 SANITY_MARKERS = {"layer_shuffle": "v", "reinit": "^", "invert": "D", "random_uniform": "X", "random_erk": "P"}
 KD_NOTE = "solid, filled: retrained with KD · dashed, hollow: without KD"
-ACC_UNIT = "test top-1 %"
+ACC_UNIT = "test top-1 %"  # the label of a top-1 axis; other scores: score_unit()
+
+
+def score_unit(rows) -> str:
+    """``test top-1 %`` (images), ``test MCC ×100`` (CoLA): the axis label of the rows' score; the rows
+    of one (dataset, model) share one."""
+    names = {g.get("score_name") or TOP1 for g in rows}
+    return f"test {header(names.pop())}" if len(names) == 1 else "test score ×100"
+
+
+def score_title(rows) -> str:
+    names = {g.get("score_name") or TOP1 for g in rows}
+    return title(names.pop()) if len(names) == 1 else "score"
 
 
 def method_color(method, colors: dict[str, str] | None = None) -> str:
@@ -68,10 +84,12 @@ def style(method, retrain_kd, sanity=None, colors: dict[str, str] | None = None)
     return kw
 
 
-def _by_setting(groups: list[dict], metric: str = "top1_best_val") -> dict[tuple, dict[str, list[dict]]]:
+def _by_setting(groups: list[dict], metric: str = "score_best_val") -> dict[tuple, dict[str, list[dict]]]:
     """(dataset, model) → variant label → method rows sorted by sparsity."""
     out: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for g in method_rows(groups):
+        if g.get("is_dense_model"):  # a dense comparison model: drawn against its parameters (plots_params)
+            continue
         if isinstance(g["target_sparsity"], (int, float)) and g.get(f"{metric}_mean") is not None:
             label = g["variant"]
             out[(g["dataset"], g["model"])][label].append(g)
@@ -83,20 +101,20 @@ def _by_setting(groups: list[dict], metric: str = "top1_best_val") -> dict[tuple
 
 def _baselines(groups, dataset, model) -> list[dict]:
     return [g for g in groups if g.get("kind") in ("teacher", "dense") and g["dataset"] == dataset
-            and g["model"] == model and g.get("top1_last_mean") is not None]
+            and g["model"] == model and g.get("score_last_mean") is not None]
 
 
 def _draw_baselines(ax, groups, dataset, model) -> None:
     """The teacher and the dense student as horizontal lines, their CI over seeds as a faint band."""
     for b in _baselines(groups, dataset, model):
         teacher = b["kind"] == "teacher"
-        y = 100 * b["top1_last_mean"]
+        y = 100 * b["score_last_mean"]
         label = f"{b['label']} (last epoch, n={b['n']})"
         kw = {"color": TEACHER_COLOR if teacher else DENSE_COLOR, "linestyle": ":" if teacher else "-.",
               "linewidth": 1.2, "label": label}
         ax.axhline(y, **kw)
-        if b.get("top1_last_lo") is not None:
-            ax.axhspan(100 * b["top1_last_lo"], 100 * b["top1_last_hi"], color=kw["color"], alpha=0.07)
+        if b.get("score_last_lo") is not None:
+            ax.axhspan(100 * b["score_last_lo"], 100 * b["score_last_hi"], color=kw["color"], alpha=0.07)
 
 
 def _refs_for(refs: list[dict], dataset, model) -> dict[tuple, list[dict]]:
@@ -126,8 +144,8 @@ def _density_axis(ax, densities) -> None:
     ax.set_xlabel("density = 1 − target sparsity (% of prunable weights kept, log scale)")
 
 
-def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "top1_best_val", colors=None) -> list[Path]:
-    """Top-1 vs density (log); markers only at the sparsities that were run; CI bands; dense lines."""
+def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "score_best_val", colors=None) -> list[Path]:
+    """Score vs density (log); markers only at the sparsities that were run; CI bands; dense lines."""
     paths = []
     for (dataset, model), variants in sorted(_by_setting(groups, metric).items(), key=lambda kv: str(kv[0])):
         fig, ax = plt.subplots(figsize=(8, 5))
@@ -154,9 +172,11 @@ def plot_accuracy_vs_sparsity(groups, refs, out_dir: Path, metric: str = "top1_b
                     color=method_color(method, colors), alpha=0.8, label=label)
         _draw_baselines(ax, groups, dataset, model)
         _density_axis(ax, densities)
-        checkpoint = "best-val checkpoint" if metric == "top1_best_val" else "last epoch"
-        ax.set_ylabel(f"{ACC_UNIT} ({checkpoint})")
-        ax.set_title(f"{dataset} / {model}: top-1 vs density (mean, 95 % CI band over seeds)", fontsize=10)
+        checkpoint = "best-val checkpoint" if metric == "score_best_val" else "last epoch"
+        drawn = [g for rows in variants.values() for g in rows]
+        ax.set_ylabel(f"{score_unit(drawn)} ({checkpoint})")
+        ax.set_title(f"{dataset} / {model}: {score_title(drawn)} vs density (mean, 95 % CI band over seeds)",
+                     fontsize=10)
         paths.append(_finish(fig, ax, out_dir / f"acc_vs_sparsity_{_slug(dataset, model)}.png", dpi=120))
     return paths
 
@@ -244,8 +264,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "top1_best_val", colors=None) -> list[Path]:
-    """Top-1 vs training FLOPs per job (the Pareto view), one panel per sparsity; only when the
+def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "score_best_val", colors=None) -> list[Path]:
+    """Score vs training FLOPs per job (the Pareto view), one panel per sparsity; only when the
     jobs recorded ``cost_flops_own/_shared``."""
     paths = []
     by_setting: dict[tuple, list[dict]] = defaultdict(list)
@@ -276,12 +296,13 @@ def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "top1_best_val",
                 fx, fy = zip(*front)
                 ax.step(fx, fy, where="post", color="#999999", linewidth=1, zorder=0)
             for b in _baselines(groups, dataset, model):
-                ax.axhline(100 * b["top1_last_mean"], color=TEACHER_COLOR if b["kind"] == "teacher" else DENSE_COLOR,
+                ax.axhline(100 * b["score_last_mean"], color=TEACHER_COLOR if b["kind"] == "teacher" else DENSE_COLOR,
                            linestyle=":" if b["kind"] == "teacher" else "-.", linewidth=1)
             ax.set_xscale("log")
             ax.set_title(f"sparsity {100 * level:.4g}%", fontsize=9)
             ax.set_xlabel("training FLOPs per job (log)", fontsize=8)
-            ax.set_ylabel(f"{ACC_UNIT} (best-val ckpt)" if metric == "top1_best_val" else ACC_UNIT, fontsize=8)
+            unit = score_unit(rows)
+            ax.set_ylabel(f"{unit} (best-val ckpt)" if metric == "score_best_val" else unit, fontsize=8)
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(levels):]:
             ax.axis("off")
@@ -291,7 +312,7 @@ def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "top1_best_val",
         handles.setdefault("Pareto front", Line2D([], [], color="#999999"))
         fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=min(4, len(handles)),
                    title=KD_NOTE + " · bars: 95 % CI", title_fontsize=7)
-        fig.suptitle(f"{dataset} / {model}: top-1 vs training FLOPs per job (all its stages)", fontsize=10)
+        fig.suptitle(f"{dataset} / {model}: {score_title(rows)} vs training FLOPs per job (all its stages)", fontsize=10)
         fig.tight_layout(rect=(0, 0.06 + 0.03 * math.ceil(len(handles) / 4), 1, 1))
         path = out_dir / f"acc_vs_flops_{_slug(dataset, model)}.png"
         fig.savefig(path, dpi=110)
@@ -300,7 +321,7 @@ def plot_accuracy_vs_flops(groups, out_dir: Path, metric: str = "top1_best_val",
     return paths
 
 
-def plot_radar(groups, refs, out_dir: Path, metric: str = "top1_best_val", colors=None) -> list[Path]:
+def plot_radar(groups, refs, out_dir: Path, metric: str = "score_best_val", colors=None) -> list[Path]:
     """One polygon per method, one axis per sparsity level (like the paper's Figure 1)."""
     paths = []
     for (dataset, model), variants in sorted(_by_setting(groups, metric).items(), key=lambda kv: str(kv[0])):
@@ -334,12 +355,13 @@ def plot_radar(groups, refs, out_dir: Path, metric: str = "top1_best_val", color
             pad = max(1.0, 0.1 * (hi - lo))
             ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
         ax.set_rlabel_position(90 / len(levels))
-        ax.text(math.radians(90 / len(levels)), ax.get_ylim()[1] * 1.02, f"radius: {ACC_UNIT}", fontsize=8,
+        unit = score_unit([g for rows in variants.values() for g in rows])
+        ax.text(math.radians(90 / len(levels)), ax.get_ylim()[1] * 1.02, f"radius: {unit}", fontsize=8,
                 ha="left", va="bottom", color="#444444")
         ax.set_xticks(angles)
         ax.set_xticklabels([f"sparsity {100 * s:.4g}%" for s in levels], fontsize=8)
-        checkpoint = "best-val checkpoint" if metric == "top1_best_val" else "last epoch"
-        ax.set_title(f"{dataset} / {model}: {ACC_UNIT} ({checkpoint}, mean over seeds) per sparsity", pad=24,
+        checkpoint = "best-val checkpoint" if metric == "score_best_val" else "last epoch"
+        ax.set_title(f"{dataset} / {model}: {unit} ({checkpoint}, mean over seeds) per sparsity", pad=24,
                      fontsize=10)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, title=KD_NOTE, title_fontsize=7)
         fig.tight_layout()

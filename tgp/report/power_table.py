@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from tgp.report.stats import ALPHA, POWER
 
-#: the accuracy columns, as in the main table: (field, name in the header)
-METRICS = (("top1_best_val", "best-val"), ("top1_last", "last"))
+#: the score columns, as in the main table (top-1 for images, the task's score for text): (field, header name)
+METRICS = (("score_best_val", "best-val"), ("score_last", "last"))
 
 
 def _pp(x) -> str:

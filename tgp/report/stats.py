@@ -278,11 +278,16 @@ def paired_differences(rows: list[dict], reference: str, metric: str, group_keys
 
     A method without a teacher (its rows have ``teacher`` None, so ``retrain_kd`` is always
     false) is paired with the reference's KD-retrained run of the cell when the reference has no
-    CE-retrained one there: the reference method as it is defined, not a variant that was not run."""
+    CE-retrained one there: the reference method as it is defined, not a variant that was not run.
+    Likewise a reference without a teacher (SDP) is paired, as it ran, with both retraining variants
+    of a method that has one (TGP with and without KD)."""
     missing = [k for k in MATCH_KEYS if k not in group_keys]
     if missing:
         raise ValueError(f"group_keys must contain the match keys {MATCH_KEYS}; missing {missing}")
-    ref = _per_seed([r for r in rows if is_reference(r, reference)], metric)
+    ref_rows = [r for r in rows if is_reference(r, reference)]
+    ref = _per_seed(ref_rows, metric)
+    # a reference with no teacher is only ever CE-retrained (retrain_kd false)
+    ref_teacherless = bool(ref_rows) and all(r.get("teacher") is None and not r.get("retrain_kd") for r in ref_rows)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if not is_reference(r, reference):
@@ -294,8 +299,8 @@ def paired_differences(rows: list[dict], reference: str, metric: str, group_keys
         teacherless = all(r.get("teacher") is None for r in rs)
         diffs = []
         for (cell, seed), v in sorted(mine.items(), key=str):
-            if (cell, seed) not in ref and teacherless:
-                cell = (*cell[:kd_at], True, *cell[kd_at + 1:])
+            if (cell, seed) not in ref and (teacherless or ref_teacherless):
+                cell = (*cell[:kd_at], not ref_teacherless, *cell[kd_at + 1:])
             if (cell, seed) in ref:
                 diffs.append(v - ref[(cell, seed)])
         if diffs:

@@ -2,7 +2,8 @@
 
 Logs a ``wandb.Table`` ``comparison`` (method [+ sanity variant] × retrain × dataset × model ×
 sparsity, plus the teacher and dense-student rows: top-1 mean ± std, 95 % CI, n, the paired
-difference to the reference method with its CI and mark, nominal/measured/effective sparsity,
+difference to the reference method with its CI and mark (columns named ``top1_*`` when every row
+scores top-1, else ``score_*`` beside a ``score_name`` column: an MCC is never called top-1), nominal/measured/effective sparsity,
 training FLOPs and seconds per job), a ``cost`` table (per method, each stage once), per
 (dataset, model) an accuracy-vs-sparsity line chart (``wandb.plot.line_series``) with our means
 and the published reference numbers, and the report's PNG plots. Offline without an API
@@ -23,10 +24,24 @@ COLUMNS = ("kind", "method", "sanity", "retrain_kd", "dataset", "model", "sparsi
            "train_flops_per_job", "seconds_per_job", "device", "epochs_total", "n")
 
 
+def score_prefix(groups: list[dict]) -> str:
+    """``top1`` when every row scores top-1 (images), else ``score``."""
+    return "top1" if all((g.get("score_name") or "top1") == "top1" for g in groups) else "score"
+
+
+def columns(groups: list[dict]) -> list[str]:
+    """:data:`COLUMNS`, for rows scored otherwise than by top-1 named ``score_*`` with a ``score_name`` column."""
+    if score_prefix(groups) == "top1":
+        return list(COLUMNS)
+    return [c.replace("top1_", "score_") for c in COLUMNS] + ["score_name"]
+
+
 def comparison_rows(groups: list[dict]) -> list[list]:
-    """The rows of the ``comparison`` table, in :data:`COLUMNS` order."""
+    """The rows of the ``comparison`` table, in :func:`columns` order."""
+    text = score_prefix(groups) != "top1"
     out = []
     for g in groups:
+        g = {**g, **{k.replace("score_", "top1_"): v for k, v in g.items() if "score_" in k and k != "score_name"}}
         out.append([
             g.get("kind", "method"), g.get("label") or g["method"], g.get("sanity"), g.get("retrain_kd"), g["dataset"],
             g["model"], g["target_sparsity"], g.get("measured_sparsity_mean"), g.get("effective_sparsity_mean"),
@@ -36,7 +51,7 @@ def comparison_rows(groups: list[dict]) -> list[list]:
             g.get("diff_top1_best_val_mark", ""), g.get("diff_top1_last_mean"), g.get("diff_top1_last_lo"),
             g.get("diff_top1_last_hi"), g.get("diff_top1_last_mark", ""), g.get("diff_top1_best_val_n", 0),
             g.get("cost_flops_mean"), g.get("seconds_total_mean"), g.get("device"), g.get("epochs_total_mean"), g["n"],
-        ])
+        ] + ([g.get("score_name")] if text else []))
     return out
 
 
@@ -48,13 +63,14 @@ def log_comparison(groups: list[dict], refs: list[dict], plots: list[Path], *, n
     from tgp.logging_wandb import ensure_wandb_mode
     from tgp.report.aggregate import method_rows
     from tgp.report.references import same_model
+    from tgp.report.scores import title
 
     mode = ensure_wandb_mode()
     save_dir = Path(save_dir) if save_dir else (Path(plots[0]).parent if plots else Path("."))
     run = wandb.init(project=project, group=name, job_type="report", name=f"report-{name}", dir=str(save_dir),
                      reinit="create_new")
     try:
-        table = wandb.Table(columns=list(COLUMNS))
+        table = wandb.Table(columns=columns(groups))
         for row in comparison_rows(groups):
             table.add_data(*row)
         logs = {"comparison": table}
@@ -74,19 +90,21 @@ def log_comparison(groups: list[dict], refs: list[dict], plots: list[Path], *, n
 
         settings: dict[tuple, dict[str, dict[float, float]]] = defaultdict(dict)
         for g in method_rows(groups):
-            if isinstance(g["target_sparsity"], (int, float)) and g["top1_best_val_mean"] is not None:
+            if isinstance(g["target_sparsity"], (int, float)) and g.get("score_best_val_mean") is not None:
                 label = g["variant"]
-                settings[(g["dataset"], g["model"])].setdefault(label, {})[g["target_sparsity"]] = g["top1_best_val_mean"]
+                settings[(g["dataset"], g["model"])].setdefault(label, {})[g["target_sparsity"]] = g["score_best_val_mean"]
         for r in refs:
             for (dataset, model), series in settings.items():
                 if dataset == r["dataset"] and same_model(r["model"], model):
                     series.setdefault(f"{r['method']} [{r['source']}]", {})[r["sparsity"]] = r["top1"]
+        score_names = {(g["dataset"], g["model"]): title(g.get("score_name") or "top1") for g in method_rows(groups)}
         for (dataset, model), series in settings.items():
             labels = sorted(series)
             logs[f"acc_vs_sparsity/{dataset}/{model}"] = wandb.plot.line_series(
                 xs=[sorted(series[lb]) for lb in labels],
                 ys=[[series[lb][s] for s in sorted(series[lb])] for lb in labels],
-                keys=labels, title=f"{dataset} / {model}: top-1 vs sparsity", xname="target sparsity",
+                keys=labels, title=f"{dataset} / {model}: {score_names.get((dataset, model), 'score')} vs sparsity",
+                xname="target sparsity",
             )
         for p in plots:
             logs[f"plots/{Path(p).stem.replace('.', '_')}"] = wandb.Image(str(p))  # a '.' in a key nests it
