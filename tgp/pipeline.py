@@ -82,7 +82,7 @@ def prepare_job(cfg: DictConfig) -> PreparedJob:
     configure_console(cfg)  # verbose=false: one line per stage, Lightning's INFO lines in run.log only
     spec = get_method(str(cfg.method.name))
     dm = build_datamodule(cfg)
-    student = instantiate_checked(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    student = instantiate_checked(cfg.model, **dm.model_kwargs())
     validate_job(cfg, spec, dm, student)
     return PreparedJob(spec, dm, student)
 
@@ -107,7 +107,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, prepared: PreparedJob | N
         log.info("stopped after stage %s (stop_after); re-run without it to continue", stop)
         return {"status": f"stopped_after_{stop}", "run_dir": str(run_dir)}
 
-    net = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    net = instantiate(cfg.model, **dm.model_kwargs())
     net.load_state_dict(torch.load(job.net_path(outputs.net_stage), map_location="cpu", weights_only=True))
     mask = load_mask(job.mask_path(outputs.mask_stage), net)
     params = dict(net.named_parameters())
