@@ -9,7 +9,7 @@ export WANDB_SILENT := true
 # Never block on a login prompt: without an API key, W&B runs offline.
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-slow test-all demo bench reproduce-table2 sweep report lint clean
+.PHONY: install test test-slow test-all demo demo-text bench reproduce-table2 sweep report lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,6 +41,17 @@ demo: install
 	$(PY) -m tgp.run -m experiment=demo method=tgp,ce_grad,magnitude,snip seed=0,1,2 $(ARGS)
 	$(PY) -m tgp.run -m experiment=demo method=tgp pruning.sanity=layer_shuffle seed=0,1,2 $(ARGS)
 	$(PY) -m tgp.report outputs/sweeps/demo --reference tgp
+
+# Text on the same pipeline, offline on a CPU: a tiny BERT on the generated roleswap task (written with its
+# tokenizer under data/ when missing), SDP against its λ = 0 ablation and one-shot magnitude pruning (CE
+# retraining, as SDP's) at 90% sparsity over 3 seeds (one sweep folder), then the report with 95% intervals
+# and paired differences to SDP.
+demo-text: install
+	$(PY) -m tgp.data.text.generated --root data
+	$(PY) -m tgp.run -m experiment=demo_text method=sdp seed=0,1,2 $(ARGS)
+	$(PY) -m tgp.run -m experiment=demo_text method=sdp method.cc_weight=0 seed=0,1,2 $(ARGS)
+	$(PY) -m tgp.run -m experiment=demo_text method=magnitude retrain.kd=false seed=0,1,2 $(ARGS)
+	$(PY) -m tgp.report outputs/sweeps/demo_text --reference sdp
 
 bench: install
 	$(PY) -m tgp.bench $(ARGS)

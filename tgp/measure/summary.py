@@ -59,6 +59,8 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
     scoring = dm.scoring
     row = {
         "method": str(cfg.method.name),
+        # an ablation of the method the report keeps apart (MethodSpec.variant: SDP's λ=0), else None
+        "variant": spec.variant(cfg) if spec.variant is not None else None,
         "dataset": dm.name,
         "model": str(OmegaConf.select(cfg, "model.name", default="?")),
         "model_width": OmegaConf.select(cfg, "model.width", default=None),  # "resnet18" names every width

@@ -62,6 +62,8 @@ class MethodSpec:
       method decides, from what the datamodule says of itself (``modality``, ``regression``,
       ``num_classes``); a refused job names the methods that can (:func:`methods_for`). None: any data.
     * ``prunes``: it makes a sparse network (False: the dense comparison, whose row says target sparsity 0).
+    * ``variant(cfg) -> str | None``: a label for an ablation of the method that its metrics row carries
+      (``variant``) so a report keeps it apart from the method (SDP with ``method.cc_weight=0``: ``λ=0``).
     * ``color``: the method's colour in the report's plots (a matplotlib colour; None: one from its name).
     """
 
@@ -79,6 +81,7 @@ class MethodSpec:
     check: Callable | None = None
     data_check: Callable | None = None
     prunes: bool = True
+    variant: Callable | None = None
     color: str | None = None
     extra: dict = field(default_factory=dict)
 

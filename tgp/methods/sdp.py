@@ -85,6 +85,11 @@ def check_sdp(cfg: DictConfig, dm=None) -> None:
             raise ConfigError(f"method.{key}", c[key], "a loss weight cannot be negative.", "use 0 to switch the term off.")
 
 
+def sdp_variant(cfg: DictConfig) -> str | None:
+    """``λ=0`` for the ablation the paper names (gradual magnitude pruning without L_CC), else None."""
+    return "λ=0" if float(cfg.method.cc_weight) == 0 else None
+
+
 def run_sdp(job) -> MethodOutputs:
     """Dense CE training, then gradual magnitude pruning with the cross-correlation self-distillation."""
     dense = dense_stage(job)
@@ -126,5 +131,5 @@ SDP = register(MethodSpec(
     name="sdp", run=run_sdp, settings=SdpSettings, check=check_sdp,
     summary="gradual magnitude pruning during fine-tuning with a cross-correlation term to the frozen dense copy",
     stages=("dense", "retrain"), epochs=("method.dense_epochs", "retrain.epochs"), dense_stage="dense",
-    color="#bcbd22",
+    color="#bcbd22", variant=sdp_variant,
 ))
