@@ -57,6 +57,7 @@ demo-text: install
 	$(PY) -m tgp.report $(LOGS)/sweeps/demo_text --reference sdp
 
 bench: install
+	$(PY) -m tgp.data.text.generated --root $(DEMO_DATA)  # the text recipe's data (demo_text)
 	$(PY) -m tgp.bench $(ARGS)
 
 # A small sweep on the offline data: the paper's first sparsity ladder, TGP against magnitude.
