@@ -117,6 +117,20 @@ def test_methods_and_teachers_that_cannot_read_the_data_are_refused_before_any_s
     other = train_wordpiece(["a completely different vocabulary of words"], str(tmp_path / "other_tok"), vocab_size=64)
     with pytest.raises(ConfigError, match=r"^teacher.net.tokenizer=.*other_tok.*not the data's"):
         prepare_job(compose_cfg([*smoke, "method=tgp", f"teacher.net.tokenizer={other}"], tmp_path))
+    tok = roleswap["tokenizer"]
+    for overrides, message in (
+        ([*smoke, "model=resnet20_tiny"], r"^data.tokenizer='\$\{model.tokenizer\}': refers to a setting this config "
+                                          r"does not have .*model=bert_tiny"),
+        ([*smoke, "model=resnet20_tiny", "~model.config", f"data.tokenizer={tok}"],
+         r"^model='resnet20': the roleswap data is token ids"),
+        (["experiment=smoke", "model=bert_tiny", f"model.tokenizer={tok}"],
+         r"^model='bert_tiny': is a text model, and the digits data is image data"),
+        (["experiment=smoke", "teacher=bert_tiny", f"teacher.net.tokenizer={tok}"],
+         r"^teacher.net='bert_tiny': is a text model, and the digits data is image data"),
+        ([*smoke, "teacher=resnet20_tiny"], r"^teacher.net='resnet20': .*names no tokenizer: it is not a text model"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            prepare_job(compose_cfg(overrides, tmp_path))
     assert not (tmp_path / "stages").exists() and not (tmp_path / "run").exists()
 
 

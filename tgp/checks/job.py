@@ -25,10 +25,11 @@ def validate_job(cfg: DictConfig, spec, dm, student) -> None:
     from tgp.pruning.mask import prunable_parameters
     from tgp.pruning.threshold import check_sparsity
 
-    check_method_fits_data(spec, dm)
-    dm.check_model(student)
-    if spec.uses_teacher:  # trained here or loaded (teacher.checkpoint): the config is its architecture
-        dm.check_net_config(cfg.teacher.net, "teacher.net")
+    if dm is not None:  # None: the settings alone are checked (tests of the setting checks)
+        check_method_fits_data(spec, dm)
+        dm.check_model(student, "model")
+        if spec.uses_teacher:  # trained here or loaded (teacher.checkpoint): the config is its architecture
+            dm.check_net_config(cfg.teacher.net, "teacher.net")
     spec.check_settings(cfg.method)
     check_epochs(cfg, spec)
     check_stop_after(cfg, spec)

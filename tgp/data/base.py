@@ -196,13 +196,22 @@ class ClassificationDataModule(L.LightningDataModule):
         has several (MNLI matched/mismatched, the languages of an XGLUE task)."""
         return {"": self.test_dataloader()}
 
-    def check_model(self, model) -> None:
-        """Raise a :class:`~tgp.errors.ConfigError` when ``model`` cannot read this data's batches
-        (called once per job, before any stage). Nothing to check by default."""
+    def check_model(self, model, setting: str = "model") -> None:
+        """Raise a :class:`~tgp.errors.ConfigError` when ``model`` cannot read this data's batches (called
+        once per job, before any stage). By default: a model that says which input it reads (``modality``,
+        e.g. a Transformer's ``text``) must read this data's; a model that says nothing is taken to fit."""
+        wants = getattr(model, "modality", None)
+        if wants is not None and wants != self.modality:
+            raise ConfigError(setting, getattr(model, "arch", type(model).__name__),
+                              f"is a {wants} model, and the {self.name} data is {self.modality} data.",
+                              f"use a model that reads {self.modality} data for {setting} (or {wants} data for this model).")
 
     def check_net_config(self, node, setting: str) -> None:
-        """Like :meth:`check_model`, for a network that is only configured (``teacher.net``), without
-        building it. Nothing to check by default."""
+        """:meth:`check_model` for a network that is only configured (``teacher.net``): built here for the
+        check (a subclass may check the config alone instead, as the text data checks the tokenizer)."""
+        from hydra.utils import instantiate
+
+        self.check_model(instantiate(node, **self.model_kwargs()), setting)
 
     @classmethod
     def dataset_name_of(cls, data_cfg) -> str:

@@ -79,6 +79,8 @@ def _num_layers(config) -> int | None:
 class TextClassifier(nn.Module):
     """A Hugging Face ``*ForSequenceClassification`` model under tgp's model contract (module docstring)."""
 
+    modality = "text"  # reads token ids: what a datamodule's check_model compares with its own
+
     def __init__(self, hf_model: nn.Module, *, pad_id: int, sep_id: int | None, segment_ids: bool, arch: str):
         super().__init__()
         prefix = hf_model.base_model_prefix

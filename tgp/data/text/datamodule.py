@@ -198,10 +198,16 @@ class TextClassificationDataModule(ClassificationDataModule):
 
         return text_scoring(self.task)
 
-    def check_model(self, model) -> None:
-        """The model reads these token ids: :func:`tgp.models.text.check_data_fits`."""
+    def check_model(self, model, setting: str = "model") -> None:
+        """The model reads these token ids: a Transformer (:class:`~tgp.models.text.TextClassifier`) with this
+        tokenizer (:func:`tgp.models.text.check_data_fits`)."""
         from tgp.models.text import check_data_fits
 
+        super().check_model(model, setting)
+        if getattr(model, "modality", None) != "text":
+            raise ConfigError(setting, getattr(model, "arch", type(model).__name__), f"the {self.name} data is token "
+                              "ids, which only a Transformer of tgp.models.text reads.",
+                              f"use a text model for {setting} (e.g. bert_tiny, bert_base, xlmr_base).")
         check_data_fits(model, self)
 
     def check_net_config(self, node, setting: str) -> None:
@@ -209,8 +215,9 @@ class TextClassificationDataModule(ClassificationDataModule):
         of one tokenizer, read by every network of the job (checked without building the network)."""
         source = node.get("tokenizer") if hasattr(node, "get") else None
         if not source:
-            raise ConfigError(f"{setting}.tokenizer", source, "the text data is token ids of one tokenizer "
-                              f"({self.tokenizer_source}), and this network names none.",
+            raise ConfigError(setting, node.get("name") if hasattr(node, "get") else node, "the text data is token "
+                              f"ids of one tokenizer ({self.tokenizer_source}), and this network names no tokenizer: "
+                              "it is not a text model.",
                               f"set {setting} to a text model config (e.g. teacher=bert_tiny), whose tokenizer is the data's.")
         if str(source) == str(self.tokenizer_source):
             return
