@@ -45,10 +45,12 @@ demo: install
 # Text on the same pipeline, offline on a CPU: a tiny BERT on the generated roleswap task (written with its
 # tokenizer into $(DEMO_DATA) when missing), SDP against its λ = 0 ablation and one-shot magnitude pruning (CE
 # retraining, as SDP's) at 90% sparsity over 3 seeds (one sweep folder under $(LOGS)), then the report with
-# 95% intervals and paired differences to SDP. About 4 minutes on 2 CPU cores (OMP_NUM_THREADS=1 where the
-# cores are shared with other work).
+# 95% intervals and paired differences to SDP. About 3 minutes on a CPU. One thread per process by default: the
+# tiny model's small matrices gain nothing from a second one, and on a shared CPU its threads wait on each other
+# (measured: a training step 3x slower with 2 threads than with 1 on 2 busy cores).
 DEMO_DATA ?= data
 LOGS      ?= outputs
+demo-text: export OMP_NUM_THREADS ?= 1
 demo-text: install
 	$(PY) -m tgp.data.text.generated --root $(DEMO_DATA)
 	$(PY) -m tgp.run -m experiment=demo_text method=sdp seed=0,1,2 paths.data_dir=$(DEMO_DATA) paths.log_dir=$(LOGS) $(ARGS)
