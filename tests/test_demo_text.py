@@ -15,9 +15,10 @@ TOY = ["kd_pretrain.epochs=1", "retrain.epochs=2", "trainer.limit_train_batches=
 
 
 def makefile_recipe(target: str) -> list[str]:
-    """The command lines of ``target`` in the Makefile."""
+    """The command lines of ``target`` in the Makefile (after its rule line; a target-specific variable line
+    such as ``demo-text: export X ?= 1`` is not the rule)."""
     lines = (ROOT / "Makefile").read_text().splitlines()
-    start = lines.index(next(ln for ln in lines if ln.startswith(f"{target}:"))) + 1
+    start = lines.index(next(ln for ln in lines if ln.startswith(f"{target}:") and "=" not in ln)) + 1
     out = []
     for line in lines[start:]:
         if not line.startswith("\t"):
