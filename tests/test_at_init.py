@@ -56,12 +56,13 @@ def test_pipeline_exact_sparsity(tmp_path, overrides):
     assert "teacher" not in row["stages_skipped"] and row["top1_teacher"] is None
     init = torch.load(run_dir / "init" / "net.pt", weights_only=True)
 
-    class _R:  # build_net needs only cfg and the data's shape
+    class _R:  # build_net needs only cfg and what the data builds its networks with (dm.model_kwargs())
         pass
 
     r = _R()
     r.cfg = cfg
-    r.dm = type("D", (), {"num_classes": 10, "in_channels": int(cfg.data.channels)})()
+    channels = int(cfg.data.channels)
+    r.dm = type("D", (), {"model_kwargs": lambda self: {"num_classes": 10, "in_channels": channels}})()
     fresh = build_net(r, cfg.model).state_dict()
     assert all(torch.equal(init[k], fresh[k]) for k in init)
     if "method.warmup_steps=2" in overrides:

@@ -107,3 +107,35 @@ def test_unknown_recipe_is_one_line_naming_the_choices():
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--recipes cifar10_resnet81: no such experiment file" in proc.stderr and "cifar10_resnet18" in proc.stderr
+
+
+def test_text_recipe_tokens_per_second_and_padding_of_its_data_path(roleswap, tmp_path):
+    """The demo's text recipe on the session's roleswap task: every step in tokens per second, their ratios,
+    and the padding of the data path against an independent count over one epoch of its loader."""
+    from hydra.utils import instantiate
+
+    from conftest import compose_cfg
+    from tgp.bench import main
+
+    out = tmp_path / "cpu.json"
+    data = f"paths.data_dir={roleswap['root']}"
+    main(["--recipes", "demo_text", "--steps", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu",
+          "--compile", "eager", "--override", data, "--out", str(out)])
+    entry = json.loads(out.read_text())["recipes"]["demo_text"]
+    assert (entry["modality"], entry["dataset"], entry["student"], entry["batch"]) == ("text", "roleswap", "bert_tiny", 64)
+    f = entry["modes"]["eager"]
+    for kind in ("model", "dense", "masked", "kd", "masked_kd", "teacher"):
+        assert f[f"{kind}_step_s"] > 0 and f[f"{kind}_padded_tok_s"] >= f[f"{kind}_tok_s"] > 0
+        assert math.isclose(f[f"{kind}_tok_s"] / f[f"{kind}_padded_tok_s"], f["dense_tok_s"] / f["dense_padded_tok_s"])
+    assert math.isclose(f["masked_over_dense"], f["masked_step_s"] / f["dense_step_s"])
+    assert math.isclose(f["masked_kd_over_kd"], f["masked_kd_step_s"] / f["kd_step_s"])
+    dm = instantiate(compose_cfg(["experiment=demo_text", data], tmp_path).data)
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    real = sum(int((x != dm.pad_id).sum()) for x, _ in batches)
+    assert f["padded_over_real"] == pytest.approx(sum(x.numel() for x, _ in batches) / real)
+    assert f["padded_to_max_over_real"] == pytest.approx(sum(len(x) for x, _ in batches) * dm.max_length / real)
+    assert 1.0 <= f["padded_over_real"] < f["padded_to_max_over_real"]
+    n_batches = entry["n_train"] // 64
+    assert math.isclose(f["stage_epoch_s"]["retrain_kd"] - f["stage_epoch_s"]["retrain_ce"],
+                        n_batches * (f["masked_kd_step_s"] - f["masked_step_s"]))

@@ -70,7 +70,7 @@ def test_one_dataset_name_from_the_datamodule_class(data, tmp_path):
 
 def test_cli_help_and_cfg_job():
     help_ = subprocess.run([sys.executable, "-m", "tgp.run", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert help_.returncode == 0 and "method: ce_grad, colt, epsd" in help_.stdout
+    assert help_.returncode == 0 and "method: ce_grad, colt, dense, epsd" in help_.stdout
     job = subprocess.run([sys.executable, "-m", "tgp.run", "experiment=smoke", "pruning.sparsity=0.7", "--cfg", "job"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert job.returncode == 0

@@ -10,7 +10,7 @@ import torch
 from conftest import compose_cfg, read_json
 from tgp.errors import ConfigError
 from tgp.data.views import ClassSubsetDataModule
-from tgp.methods.iterative import check_colt, split_classes
+from tgp.methods.iterative import split_classes
 from tgp.pruning.nested import exact_common_threshold, intersection, magnitude_mask, mask_counts
 from tgp.pruning.schedules import check_rounds, rounds_needed
 from tgp.pipeline import run_pipeline
@@ -200,14 +200,24 @@ def test_colt_rerun_skips_every_finished_stage(colt_run):
     assert row["measured_sparsity"] == first["measured_sparsity"]
 
 
-def test_colt_needs_two_classes(tmp_path):
+def test_colt_needs_two_classes_per_half(tmp_path):
     # The synthetic DataModule itself refuses one class (Hydra's instantiate wraps its ConfigError) ...
     with pytest.raises(Exception) as err:
         run(["method=colt", "data=synthetic", "data.num_classes=1", "data.image_size=8"], tmp_path)
     cause = err.value if isinstance(err.value, ConfigError) else err.value.__cause__
     assert isinstance(cause, ConfigError) and "num_classes" in str(cause)
-    # ... and COLT refuses a one-class dataset from any DataModule, before any stage runs.
+    # ... and COLT refuses data with fewer than two classes per half (or a regression target), before any
+    # stage runs, naming the methods that do run there.
     from types import SimpleNamespace
 
-    with pytest.raises(ConfigError, match="COLT .* at least 2 classes"):
-        check_colt(compose_cfg([*SMOKE, "method=colt"], tmp_path), SimpleNamespace(num_classes=1))
+    from tgp.checks.job import check_method_fits_data
+    from tgp.methods import get_method
+
+    spec = get_method("colt")
+    assert spec.unsupported(SimpleNamespace(num_classes=4, regression=False, modality="image")) is None
+    for dm in (SimpleNamespace(name="three", num_classes=3, regression=False, modality="image"),
+               SimpleNamespace(name="scores", num_classes=1, regression=True, modality="text")):
+        with pytest.raises(ConfigError, match=r"^method='colt': COLT .*Fix: use a method that runs on .*imp.*tgp"):
+            check_method_fits_data(spec, dm)
+    with pytest.raises(ConfigError, match="at least 4 classes"):
+        run(["method=colt", "data=synthetic", "data.num_classes=3", "data.image_size=8"], tmp_path)

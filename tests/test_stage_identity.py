@@ -79,9 +79,37 @@ def _infra(path: str) -> bool:
     return path in NOT_RESULTS or head in NOT_RESULTS or rest.split(".")[0] in INFRA_KEYS.get(head, ())
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_leaf_changes_exactly_the_keys_of_the_stages_that_read_it(method, tmp_path):
-    cfg = compose_cfg(["experiment=smoke", f"method={method}"], tmp_path)
+def _text_methods() -> list[str]:
+    """The methods the registry lets run on a two-class text task (MethodSpec.data_check), one per method file
+    and set of stages (the one-shot methods differ in their score only, which every image case covers)."""
+    from types import SimpleNamespace
+
+    from tgp.methods import methods_for
+
+    seen, out = set(), []
+    for name in methods_for(SimpleNamespace(name="roleswap", modality="text", regression=False, num_classes=2)):
+        family = (METHODS[name].run.__module__, METHODS[name].stages)
+        if family not in seen:
+            seen.add(family)
+            out.append(name)
+    return out
+
+
+# Every method on the image smoke recipe; every text-capable method on the text demo's recipe (tiny BERT,
+# AdamW, linear schedule, gradient clipping, a text teacher); the hub recipes' data and model nodes.
+CASES = ([("experiment=smoke", m) for m in sorted(METHODS)]
+         + [("experiment=demo_text", m) for m in _text_methods()]
+         + [("experiment=demo_text data=glue data.task=stsb model=bert_base teacher=bert_base", "tgp")]
+         + [("experiment=demo_text data=xglue model=xlmr_base teacher=xlmr_base", "tgp")])
+
+
+@pytest.mark.parametrize("recipe, method", CASES, ids=[f"{r.split()[0].split('=')[1]}{'+hub' if ' ' in r else ''}-{m}"
+                                                        + ("-xglue" if "xglue" in r else "") for r, m in CASES])
+def test_every_leaf_changes_exactly_the_keys_of_the_stages_that_read_it(recipe, method, tmp_path):
+    overrides = recipe.split()
+    if "model=bert_base" in overrides or "model=xlmr_base" in overrides:
+        overrides += ["~model.config", "~teacher.net.config"]  # the tiny model's sizes do not apply to hub models
+    cfg = compose_cfg([*overrides, f"method={method}"], tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     base_keys = {name: stage_key(cfg, kind) for name, kind in KINDS.items()}
     # Keys of a resolved copy equal those of the config with interpolations (stage_key resolves),

@@ -2,7 +2,10 @@
 
 Kinds (see :class:`tgp.stages.StageKind`): ``init`` (the seeded initialization), ``teacher``
 (CE training or a loaded checkpoint), ``kd_pretrain`` (α·CA-KLD + (1−α)·CE under the frozen
-teacher), ``prune`` (one-shot global pruning with a score), ``retrain`` (fixed mask, ±KD).
+teacher), ``prune`` (one-shot global pruning with a score), ``retrain`` (fixed mask, ±KD), ``dense``
+(the student's dense training or fine-tuning, SDP's first stage and the dense method's).
+"CE" is the data's task loss throughout: MSE for a regression target (``dm.regression``, STS-B), with
+the KD term ``MSE(z_S, z_T)`` there (:class:`~tgp.distill.losses.DistillationLoss`).
 Each stage function reads its settings from the view it is given (``fn(folder, cfg)``).
 """
 
@@ -38,6 +41,10 @@ KD_PRETRAIN = StageKind("kd_pretrain", reads=("model", "distill", "kd_pretrain")
 ONE_SHOT_PRUNE = StageKind("prune", reads=("model", "pruning", "method", "distill"), version=2)
 # version 2: reads pruning.sanity (reinit starts from a fresh initialization)
 RETRAIN = StageKind("retrain", reads=("model", "retrain", "distill", "pruning.sanity"), version=2)
+# The student's dense training from its seeded initialization (or fine-tuning from pretrained weights):
+# method.dense_epochs at method.dense_lr. Declared by SDP first (hence its name, kept so stored stages
+# stay valid); the dense method reads the same settings and shares the stage with SDP in the stage store.
+DENSE = StageKind("sdp_dense", folder="dense", reads=("model", "method.dense_epochs", "method.dense_lr"))
 
 LossFn = Callable  # (model, x, y) -> scalar loss
 
@@ -51,9 +58,10 @@ def channels_last(cfg: DictConfig) -> bool:
 
 
 def build_net(job, node: DictConfig, seed_offset: int = 0) -> torch.nn.Module:
-    """Instantiate a network for the data's class count and channels, seeded (same init in every run)."""
+    """Instantiate a network for the data (``dm.model_kwargs()``: its outputs, its input channels for
+    images), seeded (same init in every run; a pretrained Transformer's new head likewise)."""
     L.seed_everything(int(job.cfg.seed) + seed_offset, workers=True, verbose=False)
-    return instantiate(node, num_classes=job.dm.num_classes, in_channels=job.dm.in_channels)
+    return instantiate(node, **job.dm.model_kwargs())
 
 
 def load_weights(job, node: DictConfig, path: Path) -> torch.nn.Module:
@@ -83,19 +91,22 @@ def make_module(job, net, criterion, stage: str, epochs: int, lr: float, module_
     return module_cls(
         net, criterion, stage=stage, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         lr=float(lr), epochs=int(epochs), schedule=kw.pop("schedule", None) or OmegaConf.to_container(cfg.schedule),
-        channels_last=channels_last(cfg), num_classes=job.dm.num_classes, compile_mode=compile_setting(cfg), **kw,
+        channels_last=channels_last(cfg), scoring=job.dm.scoring, compile_mode=compile_setting(cfg), **kw,
     )
 
 
-def ce_loss() -> DistillationLoss:
-    return DistillationLoss(kd_weight=0.0)
+def task_loss(dm=None) -> DistillationLoss:
+    """The data's task loss alone: CE, or MSE for a regression target (``dm.regression``)."""
+    return DistillationLoss(kd_weight=0.0, regression=bool(getattr(dm, "regression", False)))
 
 
-def kd_loss(d: DictConfig, confidence: float | None = None) -> DistillationLoss:
-    """``α·KD + (1−α)·CE`` from the ``distill`` node (with the dataset confidence β when known)."""
+def kd_loss(d: DictConfig, confidence: float | None = None, regression: bool = False) -> DistillationLoss:
+    """``α·KD + (1−α)·CE`` from the ``distill`` node (with the dataset confidence β when known); for a
+    regression target ``α·MSE(z_S, z_T) + (1−α)·MSE(z_S, y)`` (ours)."""
     loss = DistillationLoss(
         kd_weight=float(d.kd_weight), temperature=float(d.temperature), kind=str(d.kind),
         standardize=bool(d.standardize), confidence=str(d.confidence), confidence_logits=str(d.confidence_logits),
+        regression=regression,
     )
     if loss.needs_dataset_confidence and confidence is not None:
         loss.set_dataset_confidence(confidence)
@@ -134,9 +145,9 @@ def teacher_stage(job) -> torch.nn.Module:
         if cfg.teacher.checkpoint:
             load_net_weights(net, cfg.teacher.checkpoint, "teacher.checkpoint")
             atomic_torch_save(net.state_dict(), folder / "net.pt")
-            return {"epochs": 0, "loaded_from": str(cfg.teacher.checkpoint), "top1_last": job.training.evaluate(net)}
+            return {"epochs": 0, "loaded_from": str(cfg.teacher.checkpoint), **job.training.scores(net, "last")}
         t = cfg.teacher
-        module = make_module(job, net, ce_loss(), "teacher", t.epochs, t.lr)
+        module = make_module(job, net, task_loss(job.dm), "teacher", t.epochs, t.lr)
         return job.training.fit("teacher", folder, module, int(t.epochs))
 
     job.run(TEACHER, run)
@@ -150,7 +161,7 @@ def kd_pretrain_stage(job, teacher) -> float | None:
     """Train the dense student under the frozen teacher with ``α·CA-KLD + (1−α)·CE``; returns β."""
 
     def run(folder: Path, cfg: DictConfig) -> dict:
-        loss = kd_loss(cfg.distill)
+        loss = kd_loss(cfg.distill, regression=job.dm.regression)
         extra = {}
         if loss.needs_dataset_confidence:
             device = job.training.device()
@@ -176,7 +187,7 @@ def use_given_mask(job, cfg: DictConfig, net, folder: Path) -> dict:
     atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask), "sanity": p.sanity},
                      folder / SPARSITY_REPORT_FILE)
     apply_mask(net, mask)
-    return {"epochs": 0, "mask_from": str(p.mask), "sanity": p.sanity, "top1_pruned": job.training.evaluate(net)}
+    return {"epochs": 0, "mask_from": str(p.mask), "sanity": p.sanity, **job.training.scores(net, "pruned")}
 
 
 class SanityPruning(OneShotPruning):
@@ -215,7 +226,7 @@ def prune_stage(job, *, source: str, score: str, make_loss: Callable[[DictConfig
         p = cfg.pruning
         if p.mask:
             return use_given_mask(job, cfg, net, folder)
-        module = make_module(job, net, ce_loss(), "prune", 1, 0.0)
+        module = make_module(job, net, task_loss(job.dm), "prune", 1, 0.0)
         sanity = p.sanity
         callback = SanityPruning(
             keep_class_rows=bool(p.keep_class_rows),
@@ -229,9 +240,9 @@ def prune_stage(job, *, source: str, score: str, make_loss: Callable[[DictConfig
         report = read_json(folder / SPARSITY_REPORT_FILE)  # written by rank 0 (another process under ddp_spawn)
         atomic_save_json({**report, "sanity": sanity}, folder / SPARSITY_REPORT_FILE)
         apply_mask(net, load_mask(folder / MASK_FILE, net))
-        val = metrics[0].get("prune/val/acc") if metrics else None
+        val = metrics[0].get(f"prune/{job.training.monitor}") if metrics else None
         return {"epochs": 0, "sanity": sanity, "val_acc_pruned": None if val is None else float(val),
-                "top1_pruned": job.training.evaluate(net)}
+                **job.training.scores(net, "pruned")}
 
     job.run(kind, run, parent=source)
     return kind.folder_name
@@ -245,7 +256,7 @@ def retrain_stage(job, *, source: str, mask_stage: str, teacher=None, confidence
         use_kd = bool(cfg.retrain.kd) and teacher is not None
         net = sparse_start_net(job, cfg, source)
         mask = load_mask(job.mask_path(mask_stage), net)
-        criterion = kd_loss(cfg.distill, confidence) if use_kd else ce_loss()
+        criterion = kd_loss(cfg.distill, confidence, job.dm.regression) if use_kd else task_loss(job.dm)
         r = cfg.retrain
         module = make_module(job, net, criterion, "retrain", r.epochs, r.lr, teacher=teacher if use_kd else None,
                              mask=mask)
@@ -260,5 +271,19 @@ def train_masked(job, stage: str, folder: Path, start: Path, mask: Mask | None, 
     """Train the weights at ``start`` with ``mask`` (CE, no teacher) for ``epochs``; result of ``Training.fit``."""
     net = load_weights(job, job.cfg.model, start)
     L.seed_everything(int(job.cfg.seed), workers=True, verbose=False)
-    module = make_module(job, net, ce_loss(), stage, epochs, lr, mask=mask)
+    module = make_module(job, net, task_loss(job.dm), stage, epochs, lr, mask=mask)
     return job.training.fit(stage, folder, module, int(epochs), datamodule=datamodule)
+
+
+def dense_stage(job) -> str:
+    """The student trained dense with the task loss from its seeded initialization (a pretrained
+    Transformer: fine-tuned from its pretrained weights) for ``method.dense_epochs`` at ``method.dense_lr``
+    (:data:`DENSE`); returns the stage's name."""
+
+    def run(folder: Path, cfg: DictConfig) -> dict:
+        m = cfg.method
+        module = make_module(job, build_net(job, cfg.model), task_loss(job.dm), "dense", m.dense_epochs, m.dense_lr)
+        return job.training.fit("dense", folder, module, int(m.dense_epochs))
+
+    job.run(DENSE, run)
+    return DENSE.folder_name

@@ -208,15 +208,23 @@ def filled_copy(net: nn.Module, names: list[str], seed: int = 0) -> nn.Module:
 
 def measure_speed(net: nn.Module, names: list[str], example_input, device: torch.device,
                   repeats: int, batch: int) -> dict:
-    """Batch-1 latency (median) and ``batch`` throughput, the weights with zeros vs zeros filled in;
-    random inputs of the shape of ``example_input(batch_size)`` (the datamodule's)."""
+    """Batch-1 latency (median) and ``batch`` throughput, the weights with zeros vs zeros filled in, on
+    ``example_input(batch_size)`` (the datamodule's: token ids for text are used as they are; float images
+    are replaced by random values of their shape, channels-last on a GPU)."""
     nets = {"zeros": net, "dense": filled_copy(net, names)}
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     for k in nets:
         nets[k] = nets[k].to(device, memory_format=fmt).eval()
     g = torch.Generator().manual_seed(0)
-    x1 = torch.randn(example_input(1).shape, generator=g).to(device).contiguous(memory_format=fmt)
-    xb = torch.randn(example_input(batch).shape, generator=g).to(device).contiguous(memory_format=fmt)
+
+    def inputs(n: int) -> torch.Tensor:
+        x = example_input(n)
+        if not x.is_floating_point():  # token ids: the model's real input format
+            return x.to(device)
+        x = torch.randn(x.shape, generator=g).to(device)
+        return x.contiguous(memory_format=fmt) if x.ndim == 4 else x
+
+    x1, xb = inputs(1), inputs(batch)
     lat = time_forward(nets, x1, repeats)
     thr = time_forward(nets, xb, max(3, repeats // 5))
     out = {"latency_repeats": repeats, "throughput_batch": batch, "throughput_repeats": max(3, repeats // 5)}
@@ -255,7 +263,7 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", device, "CUDA is not available on this machine.", "use --device cpu.")
     dm = build_datamodule(cfg)
-    net = instantiate_checked(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    net = instantiate_checked(cfg.model, **dm.model_kwargs())
     load_net_weights(net, src["weights"], "ckpt_path")
     mask, mask_source = None, None
     if src["mask_path"] is not None:
@@ -266,13 +274,14 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
             check_mask_fits(mask, net, source=f"the mask buffers in {src['weights']}")
             mask_source = f"{src['weights']} (mask buffers)"
 
-    # Accuracy exactly as the run computed it (tgp.training.Training.evaluate), on the chosen device.
+    # The scores exactly as the run computed them (tgp.training.Training.evaluate), on the chosen device.
     eval_cfg = copy.deepcopy(cfg)
     OmegaConf.set_struct(eval_cfg, False)
     OmegaConf.update(eval_cfg, "trainer.accelerator", "gpu" if dev.type == "cuda" else "cpu", force_add=True)
     training = Training(eval_cfg, dm)
     net.eval()
-    top1 = training.evaluate(net)
+    scored = training.evaluate(net)
+    score_name = dm.scoring.name
     total, zeros = masked_sparsity(net, mask)
     params_total, params_nonzero = count_parameters(net)
     flops_dense, flops_nonzero = flops(net.cpu(), dm.example_input)
@@ -289,8 +298,12 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
         "num_test": len(dm.test_dataloader().dataset),
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "cpu_threads": torch.get_num_threads(),
-        "top1": top1,
-        "top5": top5(net, dm, dev) if dm.num_classes > 10 else None,
+        "score_name": score_name,
+        "score": scored.score,
+        "metrics": scored.metrics,
+        "groups": scored.groups,
+        "top1": scored.score if score_name == "top1" else None,
+        "top5": top5(net, dm, dev) if score_name == "top1" and dm.num_classes > 10 else None,
         "sparsity_over": "mask" if mask is not None else "conv_linear_weights",
         "measured_sparsity": zeros / max(total, 1),
         "sparsity_weights_total": total,
@@ -304,6 +317,7 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
     if src["run_dir"] is not None and (src["run_dir"] / "metrics.json").is_file():
         run = json.loads((src["run_dir"] / "metrics.json").read_text())
         row["run_top1_last"] = run.get("top1_last")
+        row["run_score_last"] = run.get("score_last", run.get("top1_last"))
         row["run_measured_sparsity"] = run.get("measured_sparsity")
     if timing:
         from tgp.pruning.mask import prunable_parameters
@@ -323,20 +337,26 @@ def _pct(x) -> str:
 
 def table(row: dict) -> str:
     width = f" w{row['model_width']}" if row.get("model_width") else ""
-    mask = f"mask {row['mask']}" if row["mask"] else "no mask: all Conv2d/Linear weights"
+    mask = f"mask {row['mask']}" if row["mask"] else "no mask: all prunable weights"
+    name = row.get("score_name") or "top1"
+    label = "test top-1 %" if name == "top1" else f"test {name} %"
     lines = [
-        f"tgp-eval {row['input']}: {row['model']}{width} on {row['dataset']} test split ({row['num_test']} images), "
+        f"tgp-eval {row['input']}: {row['model']}{width} on {row['dataset']} test split ({row['num_test']} examples), "
         f"{row['device']}" + (f", {row['cpu_threads']} threads" if row["device"] == "cpu" else ""),
-        f"{'test top-1 %':<40}{_pct(row['top1'])}" + (f"   (run's metrics.json: {_pct(row['run_top1_last'])})"
-                                                      if row.get("run_top1_last") is not None else ""),
+        f"{label:<40}{_pct(row['score'])}" + (f"   (run's metrics.json: {_pct(row['run_score_last'])})"
+                                             if row.get("run_score_last") is not None else ""),
     ]
+    if len(row.get("metrics") or {}) > 1 or row.get("groups"):
+        parts = [f"{k} {_pct(v)}" for k, v in row["metrics"].items()]
+        parts += [f"{g}: " + ", ".join(f"{k} {_pct(v)}" for k, v in m.items()) for g, m in (row.get("groups") or {}).items()]
+        lines.append(f"{'test metrics %':<40}" + "; ".join(parts))
     if row.get("top5") is not None:
         lines.append(f"{'test top-5 %':<40}{_pct(row['top5'])}")
     lines += [
         f"{'measured sparsity %':<40}{_pct(row['measured_sparsity'])}   (of {row['sparsity_weights_total']:,} weights; {mask})",
         f"{'effective sparsity %':<40}{_pct(row['effective_sparsity'])}   (weights on no input→output path)",
         f"{'nonzero / total parameters':<40}{row['params_nonzero']:,} / {row['params_total']:,}",
-        f"{'FLOPs nonzero / dense (1 image)':<40}{row['flops_nonzero']:,} / {row['flops_dense']:,}"
+        f"{'FLOPs nonzero / dense (1 example)':<40}{row['flops_nonzero']:,} / {row['flops_dense']:,}"
         f"   ({row['theoretical_speedup']:.2f}x theoretical)",
     ]
     if "latency_ms_dense" in row:
@@ -344,7 +364,7 @@ def table(row: dict) -> str:
             f"{'':<40}{'dense weights':>16}{'with zeros':>14}{'ratio':>9}",
             f"{'latency, batch 1, median of ' + str(row['latency_repeats']) + ' (ms)':<40}{row['latency_ms_dense']:>16.3f}"
             f"{row['latency_ms_zeros']:>14.3f}{row['latency_ms_zeros'] / row['latency_ms_dense']:>8.2f}x",
-            f"{'throughput, batch ' + str(row['throughput_batch']) + ' (img/s)':<40}{row['throughput_dense']:>16,.0f}"
+            f"{'throughput, batch ' + str(row['throughput_batch']) + ' (ex/s)':<40}{row['throughput_dense']:>16,.0f}"
             f"{row['throughput_zeros']:>14,.0f}{row['throughput_zeros'] / row['throughput_dense']:>8.2f}x",
             row["timing_note"],
         ]

@@ -5,7 +5,10 @@ lock waits, the summary) and every library's warnings and errors; libraries' INF
 ``GPU available: ...``, ``Loading `train_dataloader` ...``), the warnings Lightning repeats for every
 stage and W&B's banners are kept off it. Hydra's job log (``<run_dir>/run.log``) still receives all
 INFO lines, tgp's detail lines (``stage X: running in ...``) and the summary. ``verbose=true`` brings
-everything back to the console.
+everything back to the console. Hugging Face ``transformers`` and ``huggingface_hub`` (text models)
+log through the same handlers (:func:`quiet_huggingface`): their warnings — a checkpoint's load report,
+"You should probably TRAIN this model" — go to ``run.log`` only, and their progress bars ("Loading
+weights") are off, unless ``verbose=true``.
 
 Records of the ``tgp`` logger can carry ``extra=FILE_ONLY`` (never on the console: the summary,
 which is printed as it is) or ``extra=DETAIL`` (on the console only with ``verbose=true``).
@@ -23,6 +26,8 @@ import sys
 import warnings
 
 from lightning.pytorch.callbacks import Callback
+
+from tgp.logs_hf import quiet_huggingface
 
 FILE_ONLY = {"tgp_console": "never"}
 DETAIL = {"tgp_console": "verbose"}
@@ -43,6 +48,7 @@ _QUIET_IGNORED = (
     r".*torch\.distributed\.nn\.functional\.all_reduce is deprecated.*",  # AllReduceBatchNorm (ddp_sim)
     r".*Consider setting `persistent_workers=True`.*",
     r".*Using `DistributedSampler` with the dataloaders.*",  # the pruning stage's validate() under DDP
+    r".*will save all targets and predictions in the buffer.*",  # torchmetrics' Spearman (STS-B): a dev set is small
 )
 
 
@@ -53,6 +59,9 @@ class _DropTips(logging.Filter):
 
 # Loggers whose INFO lines belong on the console at the default verbosity (others: WARNING and up).
 _CONSOLE_INFO = ("tgp", "hydra", "__main__")
+# Libraries whose warnings are notes about things done on purpose (a pretrained checkpoint loaded under a
+# new classification head): file-only below ERROR, unless verbose.
+_FILE_ONLY_BELOW_ERROR = ("transformers", "huggingface_hub")
 
 
 class _ConsoleFilter(logging.Filter):
@@ -71,7 +80,10 @@ class _ConsoleFilter(logging.Filter):
             return True
         if where == "verbose":
             return False
-        return record.levelno >= logging.WARNING or record.name.split(".")[0] in _CONSOLE_INFO
+        library = record.name.split(".")[0]
+        if library in _FILE_ONLY_BELOW_ERROR:
+            return record.levelno >= logging.ERROR
+        return record.levelno >= logging.WARNING or library in _CONSOLE_INFO
 
 
 def _console_handlers() -> list[logging.Handler]:
@@ -162,6 +174,7 @@ def quiet_lightning(verbose: bool = False) -> None:
         if "WANDB_SILENT" not in os.environ:  # W&B's banners and footer; tgp prints the sync hint itself
             os.environ["WANDB_SILENT"] = "true"
             os.environ["TGP_SET_WANDB_SILENT"] = "1"
+    quiet_huggingface(verbose)
 
 
 def configure_console(cfg) -> bool:

@@ -33,8 +33,9 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from tgp.errors import TGPError
+from tgp.errors import ConfigError, TGPError
 from tgp.io import atomic_save_json, atomic_torch_save, atomic_write_bytes
 from tgp.job import Job
 from tgp.logs import FILE_ONLY, configure_console
@@ -47,9 +48,21 @@ log = logging.getLogger("tgp")
 
 
 def instantiate_checked(node: DictConfig, **kwargs):
-    """``hydra.utils.instantiate`` that lets our one-paragraph errors through unwrapped."""
+    """``hydra.utils.instantiate`` that lets our one-paragraph errors through unwrapped, and says which setting
+    refers to one the config does not have (e.g. ``data.tokenizer: ${model.tokenizer}`` with an image model)."""
     try:
         return instantiate(node, **kwargs)
+    except InterpolationResolutionError:
+        for key in node:
+            try:
+                node[key]
+            except InterpolationResolutionError as e:
+                where = f"{node._get_full_key(None)}.{key}".lstrip(".")
+                raise ConfigError(where, node._get_node(key)._value(), f"refers to a setting this config does not "
+                                  f"have ({str(e).splitlines()[0]}).", f"set {where} itself, or pick the config groups that give what it "
+                                  "refers to (a text dataset reads its tokenizer from a text model: model=bert_tiny, "
+                                  "bert_base, ...).") from None
+        raise
     except InstantiationException as e:
         cause = e.__cause__
         while cause is not None and not isinstance(cause, TGPError):
@@ -82,7 +95,7 @@ def prepare_job(cfg: DictConfig) -> PreparedJob:
     configure_console(cfg)  # verbose=false: one line per stage, Lightning's INFO lines in run.log only
     spec = get_method(str(cfg.method.name))
     dm = build_datamodule(cfg)
-    student = instantiate_checked(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    student = instantiate_checked(cfg.model, **dm.model_kwargs())
     validate_job(cfg, spec, dm, student)
     return PreparedJob(spec, dm, student)
 
@@ -107,7 +120,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, prepared: PreparedJob | N
         log.info("stopped after stage %s (stop_after); re-run without it to continue", stop)
         return {"status": f"stopped_after_{stop}", "run_dir": str(run_dir)}
 
-    net = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    net = instantiate(cfg.model, **dm.model_kwargs())
     net.load_state_dict(torch.load(job.net_path(outputs.net_stage), map_location="cpu", weights_only=True))
     mask = load_mask(job.mask_path(outputs.mask_stage), net)
     params = dict(net.named_parameters())

@@ -14,13 +14,17 @@ epoch              one whole epoch through Lightning (data path + validation), a
 prune              the prune stage's teacher-guided scores + the global threshold
 =================  =======================================================================
 
+Text recipes (a text datamodule, e.g. ``experiment=demo_text``) are timed on their own token batches in
+tokens per second, with the data path's padding (:mod:`tgp.bench.text`), into the same file.
+
 Ratios: ``epoch / model`` (images/s of a whole epoch over the model alone; goal ≥ 0.85 on a GPU)
 and ``masked / dense`` step (goal ≤ 1.05). From these it derives each stage's seconds per epoch
 at the recipe's full dataset size, which ``experiments/reproduce_table2.py`` reads instead of
 assumed figures. Results are merged into ``outputs/bench/<device>.json`` (one file per device
 name, one entry per recipe and mode; ``--out`` elsewhere).
 
-    python -m tgp.bench                                   # the Table 2 recipes, eager (+ compiled on a GPU)
+    python -m tgp.bench                                   # the Table 2 recipes and the text demo's, eager (+ compiled on a GPU)
+    python -m tgp.bench --recipes demo_text               # the tiny BERT on roleswap (tokens/s, padding)
     python -m tgp.bench --recipes cifar10_resnet18 --batch 512 --compile both
     python -m tgp.bench --recipes smoke --steps 2         # seconds, on the bundled digits recipe
 """
@@ -40,12 +44,17 @@ from pathlib import Path
 
 import torch
 
-from tgp.bench.recipes import TABLE2_RECIPES, Recipe, load_recipe
+from tgp.bench.recipes import TABLE2_RECIPES, Recipe, compose_experiment, load_recipe
 from tgp.bench.steps import STEP_KINDS, Bench, median_of
+from tgp.bench.text import is_text, measure_text, print_text_table
+from tgp.errors import TGPError
 from tgp.io import atomic_save_json, read_json
 from tgp.resources import config_dir
 
 GOAL_EPOCH_OVER_MODEL = 0.85  # on a GPU
+# The text recipes of a default run: the offline demo's tiny BERT on a CPU, BERT-base on GLUE on a GPU (where its
+# experiment file, data and checkpoint are there; a default recipe that cannot run is skipped with a note).
+TEXT_RECIPES = {"cpu": ("demo_text",), "cuda": ("glue_bert_base",)}
 GOAL_MASKED_OVER_DENSE = 1.05
 
 
@@ -133,6 +142,8 @@ def print_table(doc: dict, names: list[str]) -> None:
     rows = []
     for name in names:
         entry = doc["recipes"][name]
+        if entry.get("modality") == "text":
+            continue
         for mode, f in entry["modes"].items():
             rows.append((f"{name} b{entry['batch']}", mode, f"{f['model_img_s']:,.0f}", f"{f['dense_img_s']:,.0f}",
                          f"{1e3 * f['masked_step_s']:.1f}/{1e3 * f['dense_step_s']:.1f} = {f['masked_over_dense']:.3f}",
@@ -143,6 +154,8 @@ def print_table(doc: dict, names: list[str]) -> None:
             "data img/s", "epoch img/s", "epoch/model", "prune s")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     print(f"device {doc['device']} (torch {doc['torch']})")
+    if not rows:  # text recipes only (their own table follows)
+        return
     for r in [head, *rows]:
         print("  " + "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
     print(f"  goals: epoch/model >= {GOAL_EPOCH_OVER_MODEL} on a GPU, masked/dense <= {GOAL_MASKED_OVER_DENSE}")
@@ -152,7 +165,8 @@ def main(argv=None) -> dict:
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(prog="python -m tgp.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", default=",".join(TABLE2_RECIPES), help="comma list of experiment names")
+    ap.add_argument("--recipes", default=None, help="comma list of experiment names (default: the Table 2 recipes "
+                    "and the text recipe of this device kind)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: the recipe's on a GPU, 16 on a CPU)")
     ap.add_argument("--compile", choices=("eager", "compiled", "both"), default="both" if cuda else "eager")
     ap.add_argument("--compile-mode", default=None,
@@ -169,8 +183,10 @@ def main(argv=None) -> dict:
                     help="a Hydra override for every recipe, e.g. data.loader=torch (repeatable)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    names = [n for n in args.recipes.split(",") if n]
     known = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+    defaults = args.recipes is None
+    names = ([*TABLE2_RECIPES, *(n for n in TEXT_RECIPES[device.type] if n in known)] if defaults
+             else [n for n in args.recipes.split(",") if n])
     unknown = [n for n in names if n not in known]
     if unknown:  # one paragraph, not Hydra's MissingConfigException traceback
         ap.error(f"--recipes {','.join(unknown)}: no such experiment file (conf/experiment/). "
@@ -189,20 +205,50 @@ def main(argv=None) -> dict:
     warnings.filterwarnings("ignore", module="lightning")
     modes = {"eager": [None], "compiled": ["c"], "both": [None, "c"]}[args.compile]
     print(f"tgp bench on {label}: {', '.join(names)}", flush=True)
+    done = []
     for name in names:
-        recipe = load_recipe(name, batch=batch, overrides=args.override)
-        entry = recipe_header(recipe, device)
+        cfg = compose_experiment(name, args.override)
+        try:
+            entry = (measure_text_recipe(name, cfg, device, modes, args) if is_text(cfg)
+                     else measure_image_recipe(name, device, modes, args, batch))
+        except TGPError as e:
+            if not defaults:
+                ap.exit(2, f"tgp-bench: error: recipe {name}: {e}\n")
+            print(f"  {name}: skipped ({e})", flush=True)
+            continue
         entry["measured"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         entry["command"] = shlex.join([sys.executable, "-m", "tgp.bench", *(argv if argv is not None else sys.argv[1:])])
-        for mode in modes:
-            cmode = None
-            if mode:
-                cmode = args.compile_mode or str(recipe.cfg.get("compile_mode", None) or "default")
-            fig = measure(recipe, device, compile_mode=cmode, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
-                          epoch_batches=args.epoch_batches, data_images=args.data_images)
-            entry["modes"]["compiled" if cmode else "eager"] = {"compile_mode": cmode, **fig}
         doc["recipes"][name] = entry
+        done.append(name)
         atomic_save_json(doc, out)  # after each recipe: an interrupted bench keeps what it measured
-    print_table(doc, names)
+    print_table(doc, done)
+    print_text_table(doc, done)
     print(f"written: {out}")
     return doc
+
+
+def _compile_mode(mode, args, cfg) -> str | None:
+    return (args.compile_mode or str(cfg.get("compile_mode", None) or "default")) if mode else None
+
+
+def measure_image_recipe(name: str, device: torch.device, modes, args, batch) -> dict:
+    recipe = load_recipe(name, batch=batch, overrides=args.override)
+    entry = recipe_header(recipe, device)
+    for mode in modes:
+        cmode = _compile_mode(mode, args, recipe.cfg)
+        fig = measure(recipe, device, compile_mode=cmode, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+                      epoch_batches=args.epoch_batches, data_images=args.data_images)
+        entry["modes"]["compiled" if cmode else "eager"] = {"compile_mode": cmode, **fig}
+    return entry
+
+
+def measure_text_recipe(name: str, cfg, device: torch.device, modes, args) -> dict:
+    """A text recipe at its own batch size (``--batch`` only when given), on its own data."""
+    entry = None
+    for mode in modes:
+        cmode = _compile_mode(mode, args, cfg)
+        header, fig = measure_text(cfg, device, compile_mode=cmode, steps=args.steps, warmup=args.warmup,
+                                   repeats=args.repeats, batch=args.batch, name=name)
+        entry = entry or header
+        entry["modes"]["compiled" if cmode else "eager"] = {"compile_mode": cmode, **fig}
+    return entry

@@ -17,12 +17,19 @@ from tgp.errors import ConfigError
 
 def validate_job(cfg: DictConfig, spec, dm, student) -> None:
     """Checks that need the composed config, the method's spec, the datamodule and an instantiated student,
-    each run once: the method's settings (types, then its own ``spec.check``), epoch counts, ``stop_after``,
-    the sparsity, the batch split, ``pruning.*`` against the method and the student, ``compile``."""
+    each run once: the method against the data (``spec.data_check``), the student and the teacher config
+    against the data (``dm.check_model``, ``dm.check_net_config``: a text model reads the data's token ids),
+    the method's settings (types, then its own ``spec.check``), epoch counts, ``stop_after``, the sparsity,
+    the batch split, ``pruning.*`` against the method and the student, ``compile``."""
     from tgp.lit.compiled import check_compile
     from tgp.pruning.mask import prunable_parameters
     from tgp.pruning.threshold import check_sparsity
 
+    if dm is not None:  # None: the settings alone are checked (tests of the setting checks)
+        check_method_fits_data(spec, dm)
+        dm.check_model(student, "model")
+        if spec.uses_teacher:  # trained here or loaded (teacher.checkpoint): the config is its architecture
+            dm.check_net_config(cfg.teacher.net, "teacher.net")
     spec.check_settings(cfg.method)
     check_epochs(cfg, spec)
     check_stop_after(cfg, spec)
@@ -39,6 +46,19 @@ def validate_job(cfg: DictConfig, spec, dm, student) -> None:
     check_compile(cfg)  # compile_mode, and the compiler inductor needs with compile=true
     if spec.check is not None:  # the method's own settings, after the shared ones it may rely on
         spec.check(cfg, dm)
+
+
+def check_method_fits_data(spec, dm) -> None:
+    """The method runs on this data (:meth:`~tgp.methods.MethodSpec.unsupported`), or a paragraph naming the
+    methods that do."""
+    reason = spec.unsupported(dm)
+    if reason is None:
+        return
+    from tgp.methods import methods_for
+
+    able = methods_for(dm)
+    raise ConfigError("method", spec.name, reason,
+                      f"use a method that runs on {getattr(dm, 'name', 'this data')}: {', '.join(able)}.")
 
 
 def check_job_launch(cfg: DictConfig, multirun: bool, launcher: str) -> None:

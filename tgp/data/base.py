@@ -95,6 +95,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
     name: str = "base"
     num_classes: int = 0
+    modality: str = "base"  # image | text: what a method's data check may ask (MethodSpec.data_check)
+    benchmark: str | None = None  # the benchmark the dataset belongs to (glue, xglue), for the report
     # The data path. A class attribute too, so that views built without __init__ (class subsets)
     # take the torch path over their own subsets.
     loader: str = "torch"
@@ -169,6 +171,47 @@ class ClassificationDataModule(L.LightningDataModule):
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         """A batch in the model's input format (what FLOPs, effective sparsity and timings are measured on)."""
         raise NotImplementedError
+
+    def model_kwargs(self) -> dict:
+        """The keyword arguments every network for this data is built with (``instantiate(cfg.model,
+        **dm.model_kwargs())``): the outputs (``num_classes``) and what the modality adds (images:
+        ``in_channels``)."""
+        raise NotImplementedError
+
+    @property
+    def regression(self) -> bool:
+        """Whether the targets are scores (one output, MSE) instead of class indices (CE)."""
+        return self.scoring.regression
+
+    @property
+    def scoring(self):
+        """How predictions are scored (:class:`~tgp.metrics.scoring.Scoring`): top-1 accuracy over
+        ``num_classes`` unless a subclass says otherwise."""
+        from tgp.metrics.scoring import accuracy_scoring
+
+        return accuracy_scoring(self.num_classes)
+
+    def test_group_dataloaders(self) -> dict:
+        """The test split per evaluation set (``{set: loader}``); one set, named ``""``, unless a subclass
+        has several (MNLI matched/mismatched, the languages of an XGLUE task)."""
+        return {"": self.test_dataloader()}
+
+    def check_model(self, model, setting: str = "model") -> None:
+        """Raise a :class:`~tgp.errors.ConfigError` when ``model`` cannot read this data's batches (called
+        once per job, before any stage). By default: a model that says which input it reads (``modality``,
+        e.g. a Transformer's ``text``) must read this data's; a model that says nothing is taken to fit."""
+        wants = getattr(model, "modality", None)
+        if wants is not None and wants != self.modality:
+            raise ConfigError(setting, getattr(model, "arch", type(model).__name__),
+                              f"is a {wants} model, and the {self.name} data is {self.modality} data.",
+                              f"use a model that reads {self.modality} data for {setting} (or {wants} data for this model).")
+
+    def check_net_config(self, node, setting: str) -> None:
+        """:meth:`check_model` for a network that is only configured (``teacher.net``): built here for the
+        check (a subclass may check the config alone instead, as the text data checks the tokenizer)."""
+        from hydra.utils import instantiate
+
+        self.check_model(instantiate(node, **self.model_kwargs()), setting)
 
     @classmethod
     def dataset_name_of(cls, data_cfg) -> str:

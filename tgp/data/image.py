@@ -59,6 +59,7 @@ class ImageClassificationDataModule(ClassificationDataModule):
     and implement :meth:`_load_raw`, :meth:`train_transform` and :meth:`eval_transform`.
     """
 
+    modality = "image"
     in_channels: int = 0
     image_size: int = 0
     crop_padding: int = 4  # RandomCrop(image_size, padding=crop_padding) of the train transform, on both paths
@@ -87,6 +88,10 @@ class ImageClassificationDataModule(ClassificationDataModule):
         self.augment = bool(augment)
 
     # ----------------------------------------------------------------- the model's input format
+    def model_kwargs(self) -> dict:
+        """``num_classes`` and ``in_channels``: what every image network is built with."""
+        return {"num_classes": int(self.num_classes), "in_channels": int(self.in_channels)}
+
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         """A batch in the model's input format: float zeros ``(batch_size, in_channels, image_size,
         image_size)``. What FLOPs, effective sparsity and timings are measured on, instead of shapes

@@ -6,7 +6,8 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from tgp.data.image import ImageClassificationDataModule, TransformedSubset
+from tgp.data.base import ClassificationDataModule
+from tgp.data.image import TransformedSubset
 from tgp.data.samplers import ClassPairBatchSampler, DLBBatchSampler
 from tgp.distill.self_distill import check_regime
 from tgp.errors import ConfigError
@@ -36,20 +37,26 @@ class IndexedDataset(Dataset):
 
 
 class _Indexed(Dataset):
+    """The items ``indices`` of ``dataset``; indexed with the base sampler's ``(i, seed)`` too, which it
+    passes on with the mapped index (the wrapped split reads the seed, or ignores it)."""
+
     def __init__(self, dataset: Dataset, indices: np.ndarray):
         self.dataset, self.indices = dataset, indices
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i):
+        if isinstance(i, tuple):
+            return self.dataset[(int(self.indices[i[0]]), i[1])]
         return self.dataset[int(self.indices[i])]
 
 
-class ClassSubsetDataModule(ImageClassificationDataModule):
+class ClassSubsetDataModule(ClassificationDataModule):
     """The train/val/test samples of ``classes`` only, reusing ``base``'s datasets, transforms and
-    loader settings — and its loaders: the global batch split per DDP rank, the epoch-seeded order
-    and per-sample augmentation seeds that make a resumed stage exact.
+    loader settings — and its loaders (the torch path): the global batch split per DDP rank, the
+    epoch-seeded order and per-sample augmentation seeds that make a resumed stage exact. Any
+    modality: the model's input format, batch assembly and scoring are ``base``'s.
 
     Labels keep their original index (the network keeps all its outputs).
     """
@@ -59,10 +66,13 @@ class ClassSubsetDataModule(ImageClassificationDataModule):
         base._require_setup() if hasattr(base, "_require_setup") else base.setup("fit")
         self.base, self.classes = base, sorted(int(c) for c in classes)
         self.name = f"{base.name}[{','.join(map(str, self.classes))}]"
-        self.num_classes, self.in_channels, self.image_size = base.num_classes, base.in_channels, base.image_size
+        self.num_classes, self.modality = base.num_classes, getattr(base, "modality", "base")
         for attr in ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers",
-                     "score_seed", "shuffle_seed"):
+                     "score_seed", "shuffle_seed", "collate_fn"):
             setattr(self, attr, getattr(base, attr))
+        for attr in ("in_channels", "image_size"):  # what an image model reads of its data, when there
+            if hasattr(base, attr):
+                setattr(self, attr, getattr(base, attr))
         self.data_train = self._only(base.data_train)
         self.data_val = self._only(base.data_val)
         self.data_test = self._only(base.data_test)
@@ -73,6 +83,16 @@ class ClassSubsetDataModule(ImageClassificationDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """The subsets are built in ``__init__``."""
+
+    def model_kwargs(self) -> dict:
+        return self.base.model_kwargs()
+
+    def example_input(self, batch_size: int = 1):
+        return self.base.example_input(batch_size)
+
+    @property
+    def scoring(self):
+        return self.base.scoring
 
     def _only(self, dataset: Dataset) -> Dataset:
         keep = np.flatnonzero(np.isin(dataset_labels(dataset), self.classes))

@@ -1,4 +1,5 @@
-"""The weighted training objective shared by every stage: ``α·L_KD + (1 − α)·L_CE``."""
+"""The weighted training objective shared by every stage: ``α·L_KD + (1 − α)·L_CE`` (for a regression
+target such as STS-B's: ``α·MSE(z_S, z_T) + (1 − α)·MSE(z_S, y)``)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ class DistillationLoss(nn.Module):
     logits the divergence compares (at T > 1 every teacher then looks unconfident: β ≈ 1/C…0.2).
     With no teacher logits, or α = 0, the loss is plain CE.
 
-    Returns ``(total, parts)``; ``parts`` holds the unweighted terms for logging.
+    ``regression=True`` (a score target, one output: STS-B; ours, the paper has no regression task): the
+    task loss is ``MSE(z_S, y)`` and the KD term ``MSE(z_S, z_T)``, the student regressing on the
+    teacher's score, ``L = α · MSE(z_S, z_T) + (1 − α) · MSE(z_S, y)``; the divergence settings
+    (``kind``, ``temperature``, ``standardize``, ``confidence``) do not apply there.
+
+    Returns ``(total, parts)``; ``parts`` holds the unweighted terms for logging (``ce`` or ``mse``, ``kd``).
     """
 
     def __init__(
@@ -38,6 +44,7 @@ class DistillationLoss(nn.Module):
         confidence: str = "dataset",
         label_smoothing: float = 0.0,
         confidence_logits: str = "plain",
+        regression: bool = False,
     ):
         super().__init__()
         if not 0.0 <= kd_weight <= 1.0:
@@ -54,6 +61,7 @@ class DistillationLoss(nn.Module):
             raise ConfigError("distill.confidence_logits", confidence_logits, "unknown logits for the confidence β.",
                               f"use one of {', '.join(CONFIDENCE_LOGITS)}.")
         self.confidence_logits = confidence_logits
+        self.regression = bool(regression)
         self.kd_weight, self.temperature, self.kind = float(kd_weight), float(temperature), kind
         self.standardize, self.confidence, self.label_smoothing = standardize, confidence, label_smoothing
         # Persisted so a resumed run reuses the confidence it started with.
@@ -61,7 +69,7 @@ class DistillationLoss(nn.Module):
 
     @property
     def needs_dataset_confidence(self) -> bool:
-        return self.kind == "ca_kld" and self.confidence == "dataset" and self.kd_weight > 0
+        return self.kind == "ca_kld" and self.confidence == "dataset" and self.kd_weight > 0 and not self.regression
 
     @property
     def confidence_kwargs(self) -> dict:
@@ -89,12 +97,29 @@ class DistillationLoss(nn.Module):
         return ca_kld(student_logits, teacher_logits, temperature=t, beta=beta, standardize=std)
 
     def forward(self, student_logits: Tensor, targets: Tensor, teacher_logits: Tensor | None = None):
+        if self.regression:
+            return self._regression(student_logits, targets, teacher_logits)
         ce = F.cross_entropy(student_logits, targets, label_smoothing=self.label_smoothing)
         if teacher_logits is None or self.kd_weight == 0:
             return ce, {"ce": ce.detach()}
         kd = self.kd_term(student_logits, teacher_logits)
         total = self.kd_weight * kd + (1 - self.kd_weight) * ce
         return total, {"ce": ce.detach(), "kd": kd.detach()}
+
+    def _regression(self, outputs: Tensor, targets: Tensor, teacher_outputs: Tensor | None):
+        mse = task_loss(outputs, targets, regression=True)
+        if teacher_outputs is None or self.kd_weight == 0:
+            return mse, {"mse": mse.detach()}
+        kd = task_loss(outputs, teacher_outputs.detach(), regression=True)
+        return self.kd_weight * kd + (1 - self.kd_weight) * mse, {"mse": mse.detach(), "kd": kd.detach()}
+
+
+def task_loss(outputs: Tensor, targets: Tensor, regression: bool = False) -> Tensor:
+    """The plain task loss: ``CE(z, y)`` for class indices; ``MSE = mean_i (z_i − y_i)²`` for a score
+    target (one output per example, ``[B]`` or ``[B, 1]``). In float32 (bf16 outputs under autocast)."""
+    if regression:
+        return F.mse_loss(outputs.reshape(-1).float(), targets.reshape(-1).float())
+    return F.cross_entropy(outputs.float(), targets)
 
 
 @torch.inference_mode()

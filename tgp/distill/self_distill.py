@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tgp.errors import ConfigError
+from tgp.distill.losses import task_loss
 
 REGIMES = ("pskd", "dlb", "cskd")
 SCORE_LOSSES = ("sd", "ce")
@@ -129,14 +130,14 @@ LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 # The score losses are partials of module-level functions, not closures: a ddp_spawn Trainer
 # pickles its callbacks, and the pruning callback holds the loss.
-def _ce_loss(batch_stats, model, x, y):
+def _ce_loss(batch_stats, model, x, y, regression=False):
     with batch_stat_norm(model, batch_stats):
-        return F.cross_entropy(model(x).float(), y)
+        return task_loss(model(x), y, regression)
 
 
-def ce_score_loss(batch_stats: bool = True) -> LossFn:
-    """SNIP: ``L = CE(z(x), y)``."""
-    return partial(_ce_loss, batch_stats)
+def ce_score_loss(batch_stats: bool = True, regression: bool = False) -> LossFn:
+    """SNIP: ``L = CE(z(x), y)`` (``MSE(z(x), y)`` for a regression target)."""
+    return partial(_ce_loss, batch_stats, regression=regression)
 
 
 def pskd_score_loss(alpha: float, num_classes: int, batch_stats: bool = True) -> LossFn:

@@ -13,11 +13,12 @@ from functools import partial
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MetricCollection
 
-from tgp.distill.losses import DistillationLoss
+from tgp.distill.losses import DistillationLoss, task_loss
 from tgp.lit.compiled import compile_module, eager_call, uncompile_module
 from tgp.measure.flops import TrainingFlops
+from tgp.metrics.scoring import Scoring, accuracy_scoring
 from tgp.pruning.enforcer import MaskBuffers
 from tgp.pruning.mask import Mask, apply_mask, check_mask_fits
 
@@ -51,25 +52,30 @@ def lr_lambda(step: int, *, total: int, warmup: int, kind: str, milestones=(0.5,
         return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     if kind == "multistep":
         return gamma ** sum(t >= m for m in milestones)
+    if kind == "linear":  # linear decay to 0 after the warm-up (BERT's fine-tuning schedule)
+        return max(0.0, 1.0 - t)
     return 1.0
 
 
 class ClassifierModule(L.LightningModule):
-    """Train ``net`` on ``criterion(net(x), y, teacher(x))``; evaluate top-1 with torchmetrics.
+    """Train ``net`` on ``criterion(net(x), y, teacher(x))``; evaluate with the data's metrics (torchmetrics).
 
     * ``teacher``: frozen (no gradients, eval mode even while the student trains, outside the
       optimizer and weight decay). ``None`` for CE training.
     * ``mask``: ``{param_name: bool}`` held as buffers (so it is in every checkpoint); the
       :class:`~tgp.pruning.MaskEnforcer` callback keeps pruned weights at zero.
-    * Metrics are logged under ``<stage>/{train,val,test}/...``.
+    * Metrics are those of ``scoring`` (the datamodule's :class:`~tgp.metrics.scoring.Scoring`; default:
+      top-1 over ``num_classes``), computed once per epoch and logged under ``<stage>/{train,val}/<metric>``
+      with the single score as ``<stage>/<split>/<scoring.logged>`` (images: ``val/acc``; text: ``val/score``);
+      the validation loss is the data's task loss (CE, or MSE for a regression target).
     * ``compile_mode``: a ``torch.compile`` mode (``compile=true``) or ``None``: the student's and
       the per-step teacher's forward are compiled while the module fits (:mod:`tgp.lit.compiled`).
 
     **No host syncs per batch.** The steps never read a device value back (no ``.item()``,
     ``float(t)``, ``if t:``): losses are logged as tensors with ``on_step=False`` (Lightning
-    accumulates them on the device and reduces at the epoch's end), the accuracies are torchmetrics
-    objects fed with ``update`` (no per-batch ``compute``) and ``validate_args=False`` (its checks
-    of label ranges read values back). ``tests/test_compile.py`` counts the reads.
+    accumulates them on the device and reduces at the epoch's end), the metrics are torchmetrics
+    objects fed with ``update`` (computed once at the epoch's end) and ``validate_args=False`` (its
+    checks of label ranges read values back). ``tests/test_compile.py`` counts the reads.
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class ClassifierModule(L.LightningModule):
         channels_last: bool = False,
         num_classes: int | None = None,
         compile_mode: str | None = None,
+        scoring: Scoring | None = None,
     ):
         super().__init__()
         self.net = net
@@ -105,12 +112,12 @@ class ClassifierModule(L.LightningModule):
             if teacher is not None:
                 teacher.to(memory_format=torch.channels_last)
         self.compile_mode = compile_mode
-        n = num_classes or net.fc.out_features
-        # validate_args=False: torchmetrics' input checks (label range via unique/any) read back to the host.
-        self.train_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
-        self.val_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
-        self.test_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
-        self.teacher_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
+        self.scoring = scoring or accuracy_scoring(num_classes or net.fc.out_features)
+        # Fresh collections (validate_args=False: the input checks read back to the host; see above).
+        self.train_metrics: MetricCollection = self.scoring.metrics()
+        self.val_metrics: MetricCollection = self.scoring.metrics()
+        self.test_metrics: MetricCollection = self.scoring.metrics()
+        self.teacher_metrics: MetricCollection = self.scoring.metrics()
         self._teacher_logged = False
         self.mask_buffers: MaskBuffers | None = None
         self.mask_version = 0  # bumped on every mask change; the MaskEnforcer re-binds when it moves
@@ -211,32 +218,48 @@ class ClassifierModule(L.LightningModule):
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
         loss, parts = self.criterion(logits, y, teacher_logits)
-        self.train_acc.update(logits.detach(), y)
+        self.train_metrics.update(logits.detach(), y)
         self.log(f"{self.stage}/train/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True)
         for k, v in parts.items():
             self.log(f"{self.stage}/train/{k}", v, on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{self.stage}/train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
-    def _eval_step(self, batch, metric, split: str):
+    # -- metrics: updated per batch on the device, computed (and synced over DDP ranks) once per epoch ----
+    def epoch_metrics(self, metrics: MetricCollection, split: str, prefix: str = "", only_score: bool = False) -> dict:
+        """``metrics`` computed (torchmetrics syncs them over the DDP ranks) and reset, logged as
+        ``<stage>/<split>/<prefix><metric>`` and the single score as ``<prefix><scoring.logged>``."""
+        values = metrics.compute()
+        metrics.reset()
+        logged = {} if only_score else {f"{prefix}{k}": v for k, v in values.items()}
+        if only_score or self.scoring.logged not in values:
+            logged[f"{prefix}{self.scoring.logged}"] = torch.stack(
+                [values[k].float() for k in self.scoring.metric_names]).mean()
+        for k, v in logged.items():  # already synced: sync_dist would reduce them again
+            self.log(f"{self.stage}/{split}/{k}", v, on_step=False, on_epoch=True,
+                     prog_bar=split == "val" and k == self.scoring.logged)
+        return logged
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_metrics(self.train_metrics, "train")
+
+    def _eval_step(self, batch, metrics: MetricCollection, split: str):
         x, y = batch
         logits = self.net(self._inputs(x))
-        loss = nn.functional.cross_entropy(logits.float(), y)
-        metric.update(logits, y)
+        loss = task_loss(logits, y, self.scoring.regression)
+        metrics.update(logits.float(), y)
         self.log(f"{self.stage}/{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{self.stage}/{split}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, self.val_acc, "val")
+        self._eval_step(batch, self.val_metrics, "val")
         if self.teacher is not None and not self._teacher_logged and not self.trainer.sanity_checking:
             x, y = batch
             # Once per fit (the teacher never changes): eager, one more compiled graph would not pay.
-            self.teacher_acc.update(eager_call(self.teacher, self._inputs(x)), y)
+            self.teacher_metrics.update(eager_call(self.teacher, self._inputs(x)).float(), y)
 
     def on_validation_epoch_end(self) -> None:
+        self.epoch_metrics(self.val_metrics, "val")
         if self.teacher is not None and not self._teacher_logged and not self.trainer.sanity_checking:
-            self.log(f"{self.stage}/val/teacher_acc", self.teacher_acc.compute(), sync_dist=True)
-            self.teacher_acc.reset()
+            self.epoch_metrics(self.teacher_metrics, "val", prefix="teacher_", only_score=True)
             self._teacher_logged = True
 
     # The teacher's accuracy is logged once per stage, also across a resume.
@@ -247,7 +270,10 @@ class ClassifierModule(L.LightningModule):
         self._teacher_logged = bool(checkpoint.get("teacher_acc_logged", False))
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, self.test_acc, "test")
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.epoch_metrics(self.test_metrics, "test")
 
     # -- optimization ---------------------------------------------------------------------------
     def configure_optimizers(self):

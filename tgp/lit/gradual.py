@@ -24,7 +24,8 @@ def features(net, x):
 
 
 class SelfDistilledPruningModule(ClassifierModule):
-    """``CE(fc(z_p), y) + λ · L_CC(z_p, z_d)``; ``z_d`` from the frozen dense copy held as ``teacher``."""
+    """``L_task(fc(z_p), y) + λ · L_CC(z_p, z_d)`` (``L_task`` = CE, or MSE for a regression target);
+    ``z_d`` from the frozen dense copy held as ``teacher``."""
 
     def __init__(self, net, criterion: DistillationLoss | None = None, *, dense, cc_weight: float,
                  off_diagonal_weight: float, **kw):
@@ -55,16 +56,16 @@ class SelfDistilledPruningModule(ClassifierModule):
         x, y = batch
         x = self._inputs(x)
         z, logits = self._student_fn(x) if self._student_fn is not None else features_and_logits(self.net, x)
-        ce, _ = self.criterion(logits, y)
-        loss = ce
+        task, parts = self.criterion(logits, y)  # CE (MSE for a regression target); parts: {"ce"} or {"mse"}
+        loss = task
         if self.cc_weight > 0:
             with torch.no_grad():
                 z_dense = self._dense_fn(x) if self._dense_fn is not None else self.teacher.forward_features(x)
             cc = cross_correlation_loss(z.float(), z_dense.float(), self.off_diagonal_weight)
-            loss = ce + self.cc_weight * cc
+            loss = task + self.cc_weight * cc
             self.log(f"{self.stage}/train/cc", cc.detach(), on_step=False, on_epoch=True, sync_dist=True)
-        self.train_acc.update(logits.detach(), y)
+        self.train_metrics.update(logits.detach(), y)
         self.log(f"{self.stage}/train/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{self.stage}/train/ce", ce.detach(), on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{self.stage}/train/acc", self.train_acc, on_step=False, on_epoch=True)
+        for k, v in parts.items():
+            self.log(f"{self.stage}/train/{k}", v, on_step=False, on_epoch=True, sync_dist=True)
         return loss

@@ -42,6 +42,7 @@ class SelfDistillModule(ClassifierModule):
         self._dlb_prev = None  # the first batch of an epoch shares nothing
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if self.regime == "pskd":
             self.log(f"{self.stage}/train/a_t", pskd_alpha(self.current_epoch, self.epochs, self.alpha_T), on_epoch=True)
 
@@ -70,9 +71,8 @@ class SelfDistillModule(ClassifierModule):
                 pair_logits = self.net(x[h:])
             y = y[:h]
             loss, parts = cskd_loss(logits, y, pair_logits, temperature=self.temperature, weight=self.cskd_weight)
-        self.train_acc.update(logits.detach(), y)
+        self.train_metrics.update(logits.detach(), y)
         self.log(f"{self.stage}/train/loss", loss.detach(), on_step=False, on_epoch=True)
         for k, v in parts.items():
             self.log(f"{self.stage}/train/{k}", v, on_step=False, on_epoch=True)
-        self.log(f"{self.stage}/train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss

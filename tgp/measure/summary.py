@@ -25,14 +25,29 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
 
 
+def _row_score(row: dict, which: str):
+    """The row's ``score_<which>`` (``top1_<which>`` in a row written before scores were)."""
+    value = row.get(f"score_{which}")
+    return value if value is not None else row.get(f"top1_{which}")
+
+
 def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Module, mask: Mask | None) -> dict:
     """The flat row of the run-directory contract (see the README).
 
     ``measured_sparsity`` is over the weights the mask covers (the prunable set, after
     ``pruning.exclude``), read off the weights; ``sparsity_all`` over every parameter. ``dataset`` is
-    the datamodule's ``name`` (the one dataset name of a run); ``dense_stage`` and ``uses_teacher``
-    are the method spec's (:class:`~tgp.methods.MethodSpec`), for the report's dense-student rows and
-    its ±KD variant labels.
+    the datamodule's ``name`` (the one dataset name of a run: a text task's key); ``dense_stage`` and
+    ``uses_teacher`` are the method spec's (:class:`~tgp.methods.MethodSpec`), for the report's
+    dense-student rows and its ±KD variant labels.
+
+    **Scores** (every dataset): ``score_name`` (``dm.scoring.name``: images ``top1``; a text task ``mcc``,
+    ``acc``, ``acc_f1``, ``pearson_spearman``) and ``score_last``, ``score_best_val``, ``score_teacher``,
+    ``score_dense_student``, ``score_pruned`` — the single score of the test split (the mean of the task's
+    metrics, over its evaluation sets when it has several: :mod:`tgp.metrics.scoring`); ``metrics_last`` /
+    ``metrics_best_val`` (``{metric: value}``), ``groups_last`` / ``groups_best_val`` (``{set: {metric:
+    value}}`` for MNLI matched/mismatched and XGLUE's languages, else None) and ``benchmark`` (``glue``,
+    ``xglue`` or None). For images ``top1_*`` equal ``score_*``; a text row's ``top1_*`` are None.
+    ``val_acc_best`` is the final stage's best *validation* score (the sweeper's objective).
     """
     dm = job.dm
     total_prunable, zeros = masked_sparsity(net, mask)
@@ -41,8 +56,11 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
     res = job.results
     final = res[final_stage]
     dense_stage = spec.dense_stage
+    scoring = dm.scoring
     row = {
         "method": str(cfg.method.name),
+        # an ablation of the method the report keeps apart (MethodSpec.variant: SDP's λ=0), else None
+        "variant": spec.variant(cfg) if spec.variant is not None else None,
         "dataset": dm.name,
         "model": str(OmegaConf.select(cfg, "model.name", default="?")),
         "model_width": OmegaConf.select(cfg, "model.width", default=None),  # "resnet18" names every width
@@ -57,7 +75,7 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
         "sanity": OmegaConf.select(cfg, "pruning.sanity", default=None),  # sanity-check variant; None = the method
         # torch.compile mode of the job's fits, False = eager (not in stage keys: each result.json says its own)
         "compile": OmegaConf.select(cfg, "compile_mode", default="default") if cfg.get("compile") else False,
-        "target_sparsity": float(cfg.pruning.sparsity),
+        "target_sparsity": float(cfg.pruning.sparsity) if spec.prunes else 0.0,
         "measured_sparsity": zeros / max(total_prunable, 1),
         "sparsity_all": (params_total - params_nonzero) / params_total,
         "params_total": params_total,
@@ -71,6 +89,17 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
         "top1_last": final.get("top1_last"),
         "top1_best_val": final.get("top1_best_val"),
         "val_acc_best": final.get("val_acc_best"),
+        "score_name": scoring.name,
+        "score_last": _score(final, "last"),
+        "score_best_val": _score(final, "best_val"),
+        "score_teacher": _score(res.get("teacher", {}), "last"),
+        "score_dense_student": _score(res.get(dense_stage, {}), "last") if dense_stage else None,
+        "score_pruned": _score(res.get("prune", {}), "pruned"),
+        "metrics_last": final.get("metrics_last"),
+        "metrics_best_val": final.get("metrics_best_val"),
+        "groups_last": final.get("groups_last"),
+        "groups_best_val": final.get("groups_best_val"),
+        "benchmark": getattr(dm, "benchmark", None),
     }
     # Effective sparsity (weights on no input→output path at this resolution) and effective FLOPs: tgp.measure.connectivity
     row.update(effective_metrics(net, mask, dm.example_input))
@@ -91,6 +120,13 @@ def metrics_row(cfg: DictConfig, spec, job, final_stage: str, net: torch.nn.Modu
     row.update(job_cost_fields(res, job.stages.keys, job.stages.skipped, getattr(dm, "num_train", None)))
     row.update(placement_fields())
     return row
+
+
+def _score(result: dict, which: str) -> float | None:
+    """A stage result's ``score_<which>``; a stage stored before scores were recorded has the top-1 only
+    (images), which is the score there."""
+    value = result.get(f"score_{which}")
+    return value if value is not None else result.get(f"top1_{which}")
 
 
 def placement_fields() -> dict:
@@ -129,19 +165,30 @@ def _process_started() -> float | None:
         return None
 
 
+SCORE_LABELS = {"top1": "top-1"}
+
+
 def summary_table(row: dict, run_dir: Path) -> str:
-    """A plain-text table; printed with rich when it is installed."""
-    variant = " (KD)" if row.get("retrain_kd") else (" (CE)" if row.get("top1_teacher") is not None else "")
+    """A plain-text table of the run's scores (by the data's score name: top-1, mcc, acc_f1, ...)."""
+    variant = " (KD)" if row.get("retrain_kd") else (" (CE)" if _row_score(row, "teacher") is not None else "")
     lines = [
-        ("dense teacher", row.get("top1_teacher"), None),
-        ("dense student", row.get("top1_dense_student"), None),
-        ("pruned, before retraining", row.get("top1_pruned"), row.get("measured_sparsity")),
-        (f"retrained{variant}, last epoch", row.get("top1_last"), row.get("measured_sparsity")),
-        (f"retrained{variant}, best val epoch", row.get("top1_best_val"), row.get("measured_sparsity")),
+        ("dense teacher", _row_score(row, "teacher"), None),
+        ("dense student", _row_score(row, "dense_student"), None),
+        ("pruned, before retraining", _row_score(row, "pruned"), row.get("measured_sparsity")),
+        (f"retrained{variant}, last epoch", _row_score(row, "last"), row.get("measured_sparsity")),
+        (f"retrained{variant}, best val epoch", _row_score(row, "best_val"), row.get("measured_sparsity")),
     ]
+    name = row.get("score_name") or "top1"
+    head = f"test {SCORE_LABELS.get(name, name)} %"
     out = [f"{row['method']} on {row['dataset']} / {row['model']}  (seed {row['seed']}, run {run_dir})",
-           f"{'model':<38}{'test top-1 %':>14}{'sparsity %':>12}"]
-    out += [f"{name:<38}{_pct(acc):>14}{_pct(sp) if sp is not None else '0.00':>12}" for name, acc, sp in lines]
+           f"{'model':<38}{head:>{max(14, len(head) + 2)}}{'sparsity %':>12}"]
+    out += [f"{label:<38}{_pct(acc):>{max(14, len(head) + 2)}}{_pct(sp) if sp is not None else '0.00':>12}"
+            for label, acc, sp in lines]
+    metrics, groups = row.get("metrics_best_val") or {}, row.get("groups_best_val") or {}
+    if len(metrics) > 1 or groups:
+        parts = [f"{k} {_pct(v)}" for k, v in metrics.items()]
+        parts += [f"{g}: " + ", ".join(f"{k} {_pct(v)}" for k, v in m.items()) for g, m in groups.items()]
+        out.append("best val epoch, test metrics %: " + "; ".join(parts))
     out.append(
         f"target sparsity {_pct(row['target_sparsity'])}%, measured {_pct(row['measured_sparsity'])}% of prunable weights "
         f"({_pct(row['sparsity_all'])}% of all parameters); nonzero params {row['params_nonzero']:,} / {row['params_total']:,}; "

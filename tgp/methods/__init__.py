@@ -5,6 +5,6 @@ No method file imports another: what several methods share lives in :mod:`tgp.bl
 (LightningModules) and :mod:`tgp.data` (views and samplers).
 """
 
-from tgp.methods.registry import REGISTRY, MethodOutputs, MethodSpec, get_method, load_all, register
+from tgp.methods.registry import REGISTRY, MethodOutputs, MethodSpec, get_method, load_all, methods_for, register
 
-__all__ = ["REGISTRY", "MethodOutputs", "MethodSpec", "get_method", "load_all", "register"]
+__all__ = ["REGISTRY", "MethodOutputs", "MethodSpec", "get_method", "load_all", "methods_for", "register"]

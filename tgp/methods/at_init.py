@@ -29,7 +29,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from tgp.blocks import ce_loss, init_stage, load_stage_net, make_module, prune_stage, sparse_start_net
+from tgp.blocks import init_stage, load_stage_net, make_module, prune_stage, sparse_start_net, task_loss
 from tgp.data.views import SelfDistillData
 from tgp.distill.self_distill import SCORE_BN, SCORE_LOSSES, ce_score_loss, check_regime, score_loss
 from tgp.errors import ConfigError
@@ -80,6 +80,17 @@ def check_snip(cfg: DictConfig, dm=None) -> None:
     _check_score_bn(cfg.method.score_bn)
 
 
+def epsd_data(dm) -> str | None:
+    """EPSD's regimes are defined for image classification: PS-KD's and DLB's soft targets are class
+    distributions (none for a regression target), CS-KD pairs samples of a class, and the regimes'
+    samplers and per-sample buffers are built over image datasets (:class:`~tgp.data.views.SelfDistillData`)."""
+    if getattr(dm, "modality", "image") != "image" or getattr(dm, "regression", False):
+        return ("EPSD's self-distillation regimes (PS-KD, DLB, CS-KD) are defined for image classification; this "
+                f"job's data is {getattr(dm, 'modality', '?')} data (task {getattr(dm, 'name', '?')}), on which they "
+                "are not defined here.")
+    return None
+
+
 def check_epsd(cfg: DictConfig, dm=None) -> None:
     e = cfg.method
     check_regime(e.regime)
@@ -102,13 +113,13 @@ def run_snip(job) -> MethodOutputs:
     """SNIP: ``|θ ⊙ ∇θ L_CE|`` at θ_init, global threshold, then CE training of the sparse θ_init."""
     init_stage(job)
     pruned = prune_stage(job, source="init", score="gradient", kind=AT_INIT_PRUNE,
-                         make_loss=lambda cfg: ce_score_loss(batch_stats(cfg.method.score_bn)))
+                         make_loss=lambda cfg: ce_score_loss(batch_stats(cfg.method.score_bn), job.dm.regression))
 
     def run(folder: Path, cfg: DictConfig) -> dict:
         net = sparse_start_net(job, cfg, "init")  # θ_init, or a fresh init with pruning.sanity=reinit
         mask = load_mask(job.mask_path(pruned), net)
         epochs = int(cfg.retrain.epochs)
-        module = make_module(job, net, ce_loss(), "retrain", epochs, cfg.retrain.lr, mask=mask)
+        module = make_module(job, net, task_loss(job.dm), "retrain", epochs, cfg.retrain.lr, mask=mask)
         return job.training.fit("retrain", folder, module, epochs)
 
     job.run(SNIP_RETRAIN, run, parent=pruned)
@@ -172,4 +183,5 @@ EPSD = register(MethodSpec(
     name="epsd", run=run_epsd, settings=EpsdSettings, one_shot=True, accepts_mask=True, in_table2=True,
     summary="SNIP-form score of a self-distillation loss near initialization, then train with that regime",
     stages=("init", "warmup", "prune", "retrain"), epochs=("retrain.epochs",), check=check_epsd, color="#9467bd",
+    data_check=epsd_data,
 ))

@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tgp.blocks import ce_loss, init_stage, load_stage_net, make_module, train_masked
+from tgp.blocks import init_stage, load_stage_net, make_module, task_loss, train_masked
 from tgp.data.views import ClassSubsetDataModule
 from tgp.errors import ConfigError
 from tgp.io import atomic_save_json
@@ -140,14 +140,28 @@ def check_imp(cfg: DictConfig, dm=None) -> None:
                           "use 0 (rewind to initialization) or a small epoch such as 1.")
 
 
+COLT_MIN_CLASSES = 4  # ours: two per half, so each half-network learns to tell classes apart
+
+
+def colt_data(dm) -> str | None:
+    """COLT trains one network per half of the classes (a class-wise split of the targets): it needs class
+    targets, and each half-network a classification problem of its own — at least two classes per half
+    (ours: a half of one class teaches its network nothing but to predict that class)."""
+    if getattr(dm, "regression", False):
+        return (f"COLT splits the classes into two halves, and {getattr(dm, 'name', 'this dataset')} has a "
+                "regression target (a score, no classes).")
+    n = int(getattr(dm, "num_classes", 0))
+    if n < COLT_MIN_CLASSES:
+        return (f"COLT trains one network per half of the classes and needs at least {COLT_MIN_CLASSES} classes "
+                f"(two per half); {getattr(dm, 'name', 'this dataset')} has {n}.")
+    return None
+
+
 def check_colt(cfg: DictConfig, dm=None) -> None:
     # The intersection removes at least `rate` of the remaining weights per round, so the
     # target is reached within the IMP round count at the same rate: check that bound up front.
+    # (The data it needs is checked with every method's, MethodSpec.data_check: colt_data.)
     check_round_schedule("method", cfg.method, cfg.pruning.sparsity)
-    if dm is not None and int(dm.num_classes) < 2:
-        raise ConfigError("data.num_classes", int(dm.num_classes),
-                          "COLT trains one network per half of the classes and needs at least 2 classes.",
-                          "use a dataset with 2 or more classes, or another method.")
 
 
 # -- IMP ----------------------------------------------------------------------------------------
@@ -164,7 +178,7 @@ def run_imp(job) -> MethodOutputs:
         rewind = int(m.rewind_epoch)
         callbacks = [SaveAtEpoch(rewind, folder / "rewind.pt")] if rewind else []
         net = load_stage_net(job, cfg.model, "init")
-        module = make_module(job, net, ce_loss(), "dense", m.epochs_per_round, m.lr)
+        module = make_module(job, net, task_loss(job.dm), "dense", m.epochs_per_round, m.lr)
         return job.training.fit("dense", folder, module, int(m.epochs_per_round), callbacks=callbacks)
 
     job.run(IMP_DENSE, dense, parent="init")
@@ -196,7 +210,7 @@ def run_imp(job) -> MethodOutputs:
         trained, mask, report = prune_from(cfg, prev_stage, prev_mask_stage, target, folder, n_rounds)
         apply_mask(trained, mask)
         return {"epochs": 0, "round": n_rounds, "rounds": n_rounds, "sparsity": report["prunable"]["sparsity"],
-                "top1_pruned": job.training.evaluate(trained)}
+                **job.training.scores(trained, "pruned")}
 
     job.run(IMP_PRUNE, prune, parent=prev_stage)
     pruned = IMP_PRUNE.folder_name
@@ -301,5 +315,5 @@ COLT = register(MethodSpec(
     name="colt", run=run_colt, settings=ColtSettings, check=check_colt, in_table2=True,
     summary="intersection of the magnitude tickets of two class halves per round, rewinding",
     stages=("init", "colt_round_*_a", "colt_round_*_b", "colt_round_*", "prune", "retrain"),
-    epochs=("method.epochs_per_round", "retrain.epochs"), color="#e377c2",
+    epochs=("method.epochs_per_round", "retrain.epochs"), color="#e377c2", data_check=colt_data,
 ))

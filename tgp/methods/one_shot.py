@@ -22,7 +22,8 @@ EPOCHS = ("kd_pretrain.epochs", "retrain.epochs")
 def run_one_shot(job, score: str, teacher_guided: bool) -> MethodOutputs:
     teacher = teacher_stage(job)
     confidence = kd_pretrain_stage(job, teacher)
-    make_loss = (lambda cfg: TeacherGuidedLoss(kd_loss(cfg.distill, confidence), teacher)) if teacher_guided else None
+    make_loss = ((lambda cfg: TeacherGuidedLoss(kd_loss(cfg.distill, confidence, job.dm.regression), teacher))
+                 if teacher_guided else None)
     pruned = prune_stage(job, source="kd_pretrain", score=score, make_loss=make_loss)
     final = retrain_stage(job, source="kd_pretrain", mask_stage=pruned, teacher=teacher, confidence=confidence)
     return MethodOutputs(net_stage=final, mask_stage=pruned)

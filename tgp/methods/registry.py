@@ -58,6 +58,12 @@ class MethodSpec:
     * ``dense_stage``: the stage whose network is the dense student of the report, if any.
     * ``check(cfg, dm)``: the method's own setting checks, run once before the job writes anything
       (by :func:`tgp.checks.validate_job`, after the shared checks; raise ConfigError).
+    * ``data_check(dm) -> str | None``: why the method cannot run on this data (a sentence), or None — the
+      method decides, from what the datamodule says of itself (``modality``, ``regression``,
+      ``num_classes``); a refused job names the methods that can (:func:`methods_for`). None: any data.
+    * ``prunes``: it makes a sparse network (False: the dense comparison, whose row says target sparsity 0).
+    * ``variant(cfg) -> str | None``: a label for an ablation of the method that its metrics row carries
+      (``variant``) so a report keeps it apart from the method (SDP with ``method.cc_weight=0``: ``λ=0``).
     * ``color``: the method's colour in the report's plots (a matplotlib colour; None: one from its name).
     """
 
@@ -73,8 +79,15 @@ class MethodSpec:
     epochs: tuple[str, ...] = ()
     dense_stage: str | None = None
     check: Callable | None = None
+    data_check: Callable | None = None
+    prunes: bool = True
+    variant: Callable | None = None
     color: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def unsupported(self, dm) -> str | None:
+        """Why this method cannot run on ``dm`` (:attr:`data_check`), or None."""
+        return self.data_check(dm) if self.data_check is not None else None
 
     def has_stage(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern.replace("*", "[0-9]*")) for pattern in self.stages)
@@ -125,6 +138,11 @@ def load_all() -> dict[str, MethodSpec]:
         if info.name not in _NOT_METHODS and not info.name.startswith("_"):
             importlib.import_module(f"tgp.methods.{info.name}")
     return REGISTRY
+
+
+def methods_for(dm) -> list[str]:
+    """The methods that run on ``dm`` (no :attr:`MethodSpec.data_check` objection), sorted."""
+    return [n for n, spec in sorted(load_all().items()) if spec.unsupported(dm) is None]
 
 
 def get_method(name: str) -> MethodSpec:

@@ -4,12 +4,15 @@ Idea (paper): while a network is pruned, keep the representation of its pruned v
 that of its unpruned version, with no separate teacher. Definition (ours, the paper's formula is
 not available to us):
 
-* ``dense`` stage: the student trained from its seeded initialization with CE
-  (``method.dense_epochs`` epochs at ``method.dense_lr``).
+* ``dense`` stage (:func:`tgp.blocks.dense_stage`): the student trained from its seeded
+  initialization with CE (``method.dense_epochs`` epochs at ``method.dense_lr``); a pretrained
+  Transformer (``model=bert_base``) is fine-tuned from its pretrained weights (paper: SDP prunes
+  fine-tuned Transformers), a random-init one (``bert_tiny``) trains from its seeded initialization.
 * ``retrain`` stage: fine-tuning for the sparse budget ``retrain.epochs`` at ``retrain.lr`` with
-  ``L = CE + λ · L_CC(z_pruned, z_dense)`` (λ = ``method.cc_weight``), where ``z`` are penultimate
-  features (``net.forward_features``) of the masked network and of a frozen copy of the dense
-  weights (eval mode, no gradients), and ``L_CC`` is
+  ``L = CE + λ · L_CC(z_pruned, z_dense)`` (λ = ``method.cc_weight``; MSE instead of CE for a
+  regression target such as STS-B's), where ``z`` are the features the classifier reads
+  (``net.forward_features``: penultimate features of a CNN, the pooled [CLS] state of BERT) of the
+  masked network and of a frozen copy of the dense weights (eval mode, no gradients), and ``L_CC`` is
   :func:`tgp.distill.cross_correlation.cross_correlation_loss` (``λ_off = method.off_diagonal_weight``).
   Meanwhile the network is pruned gradually by global magnitude on the cubic schedule of Zhu &
   Gupta (2017): at the start of epoch ``e`` (0-based) the mask is recomputed for sparsity
@@ -36,7 +39,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tgp.blocks import build_net, ce_loss, load_stage_net, make_module
+from tgp.blocks import dense_stage, load_stage_net, make_module, task_loss
 from tgp.errors import ConfigError
 from tgp.io import atomic_save_json
 from tgp.lit import SelfDistilledPruningModule
@@ -48,7 +51,6 @@ from tgp.stages import StageKind
 
 log = logging.getLogger("tgp")
 
-SDP_DENSE = StageKind("sdp_dense", folder="dense", reads=("model", "method.dense_epochs", "method.dense_lr"))
 SDP_RETRAIN = StageKind("sdp_retrain", folder="retrain", version=2, reads=(
     "model", "method", "retrain.epochs", "retrain.lr", "pruning.sparsity", "pruning.exclude",
     "pruning.min_layer_density"))
@@ -83,35 +85,34 @@ def check_sdp(cfg: DictConfig, dm=None) -> None:
             raise ConfigError(f"method.{key}", c[key], "a loss weight cannot be negative.", "use 0 to switch the term off.")
 
 
+def sdp_variant(cfg: DictConfig) -> str | None:
+    """``λ=0`` for the ablation the paper names (gradual magnitude pruning without L_CC), else None."""
+    return "λ=0" if float(cfg.method.cc_weight) == 0 else None
+
+
 def run_sdp(job) -> MethodOutputs:
     """Dense CE training, then gradual magnitude pruning with the cross-correlation self-distillation."""
-
-    def dense(folder: Path, cfg: DictConfig) -> dict:
-        m = cfg.method
-        module = make_module(job, build_net(job, cfg.model), ce_loss(), "dense", m.dense_epochs, m.dense_lr)
-        return job.training.fit("dense", folder, module, int(m.dense_epochs))
-
-    job.run(SDP_DENSE, dense)
+    dense = dense_stage(job)
 
     def retrain(folder: Path, cfg: DictConfig) -> dict:
         c, r, target, ramp = cfg.method, cfg.retrain, float(cfg.pruning.sparsity), ramp_epochs(cfg)
-        net = load_stage_net(job, cfg.model, "dense")
+        net = load_stage_net(job, cfg.model, dense)
         exclude = list(cfg.pruning.exclude)
         start = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(net, exclude).items()}
-        module = make_module(job, net, None, "retrain", r.epochs, r.lr, module_cls=SelfDistilledPruningModule,
+        module = make_module(job, net, task_loss(job.dm), "retrain", r.epochs, r.lr, module_cls=SelfDistilledPruningModule,
                              dense=copy.deepcopy(net), cc_weight=float(c.cc_weight),
                              off_diagonal_weight=float(c.off_diagonal_weight), mask=start)
         pruning = GradualMagnitudePruning(target, ramp, exclude, float(cfg.pruning.min_layer_density))
-        best = BestAtFinalSparsity("retrain", ramp - 1, folder / "best_final_mask.pt")
+        best = BestAtFinalSparsity("retrain", ramp - 1, folder / "best_final_mask.pt", job.training.monitor)
         result = job.training.fit("retrain", folder, module, int(r.epochs), callbacks=[pruning, best])
         # Best validation epoch among those at the final mask (not a denser epoch of the ramp).
         if best.best is not None and best.path.exists():
             best_net = copy.deepcopy(module.net)
             best_net.load_state_dict(torch.load(best.path, map_location="cpu", weights_only=True))
-            result.update(top1_best_val=job.training.evaluate(best_net), val_acc_best=best.best,
-                          best_epoch=best.best_epoch)
+            result.update(job.training.scores(best_net, "best_val"), val_acc_best=best.best, best_epoch=best.best_epoch)
         else:
-            result.update(top1_best_val=result["top1_last"], val_acc_best=None)
+            result.update({k.replace("_last", "_best_val"): result[k] for k in
+                           ("top1_last", "score_last", "metrics_last", "groups_last")}, val_acc_best=None)
         mask = {n: m.detach().cpu() for n, m in module.mask.items()}
         total, kept = mask_counts(mask)
         if total - kept != round(target * total):  # a broken invariant, not a user error
@@ -122,7 +123,7 @@ def run_sdp(job) -> MethodOutputs:
         atomic_save_json(report, folder / SPARSITY_REPORT_FILE)
         return {**result, "prune_epochs": ramp, "sparsity": report["prunable"]["sparsity"]}
 
-    job.run(SDP_RETRAIN, retrain, parent="dense")
+    job.run(SDP_RETRAIN, retrain, parent=dense)
     return MethodOutputs(net_stage=SDP_RETRAIN.folder_name, mask_stage=SDP_RETRAIN.folder_name)
 
 
@@ -130,5 +131,5 @@ SDP = register(MethodSpec(
     name="sdp", run=run_sdp, settings=SdpSettings, check=check_sdp,
     summary="gradual magnitude pruning during fine-tuning with a cross-correlation term to the frozen dense copy",
     stages=("dense", "retrain"), epochs=("method.dense_epochs", "retrain.epochs"), dense_stage="dense",
-    color="#bcbd22",
+    color="#bcbd22", variant=sdp_variant,
 ))

@@ -47,13 +47,15 @@ class GlueMatthewsCorrCoef(C.BinaryMatthewsCorrCoef):
         return torch.where(denominator > 0, mcc, torch.zeros_like(mcc)).float()
 
 
-def _metric(name: str, num_classes: int) -> torchmetrics.Metric:
+def _metric(name: str, num_classes: int, validate_args: bool = True) -> torchmetrics.Metric:
+    # validate_args=False: no checks of label ranges, which read values back to the host on every update
+    # (the training steps never sync); Pearson and Spearman have no such checks.
     if name == "accuracy":
-        return C.MulticlassAccuracy(num_classes=num_classes, average="micro")
+        return C.MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=validate_args)
     if name == "f1":
-        return C.BinaryF1Score()
+        return C.BinaryF1Score(validate_args=validate_args)
     if name == "mcc":
-        return GlueMatthewsCorrCoef()
+        return GlueMatthewsCorrCoef(validate_args=validate_args)
     if name == "pearson":
         return R.PearsonCorrCoef()
     if name == "spearman":
@@ -72,15 +74,42 @@ class TaskMetrics(torchmetrics.MetricCollection):
     """The official metrics of one task (for one evaluation set), updated with model outputs:
     ``update(logits_or_scores, target)``; ``compute()`` gives ``{metric: value}``."""
 
-    def __init__(self, task: TextTask | str, prefix: str | None = None):
+    def __init__(self, task: TextTask | str, prefix: str | None = None, validate_args: bool = True):
         task = task if isinstance(task, TextTask) else get_task(task)
-        super().__init__({m: _metric(m, task.num_classes) for m in task.metrics}, prefix=prefix,
+        super().__init__({m: _metric(m, task.num_classes, validate_args) for m in task.metrics}, prefix=prefix,
                          compute_groups=False)
         self.regression = task.regression
 
     def update(self, outputs: Tensor, target: Tensor) -> None:  # type: ignore[override]
         preds = predictions(outputs, self.regression)
         super().update(preds, target.float() if self.regression else target.long())
+
+
+SHORT_NAMES = {"accuracy": "acc"}
+
+
+def score_name(task: TextTask | str) -> str:
+    """The name of a task's single score in the metrics row: its metrics joined by ``_`` (``mcc``, ``acc``,
+    ``acc_f1``, ``pearson_spearman``)."""
+    task = task if isinstance(task, TextTask) else get_task(task)
+    return "_".join(SHORT_NAMES.get(m, m) for m in task.metrics)
+
+
+def text_collection(task: str) -> TaskMetrics:
+    """A fresh :class:`TaskMetrics` of ``task`` without argument checks (what training and evaluation update)."""
+    return TaskMetrics(task, validate_args=False)
+
+
+def text_scoring(task: TextTask | str):
+    """The :class:`~tgp.metrics.scoring.Scoring` of a text task: its official metrics, the score their mean
+    (logged as ``score``), MSE-trained when it is a regression (STS-B)."""
+    from functools import partial
+
+    from tgp.metrics.scoring import Scoring
+
+    task = task if isinstance(task, TextTask) else get_task(task)
+    return Scoring(score_name(task), tuple(task.metrics), partial(text_collection, task.key), logged="score",
+                   regression=task.regression)
 
 
 def task_scores(task: TextTask | str, outputs: Tensor, target: Tensor) -> dict[str, float]:

@@ -79,6 +79,8 @@ def _num_layers(config) -> int | None:
 class TextClassifier(nn.Module):
     """A Hugging Face ``*ForSequenceClassification`` model under tgp's model contract (module docstring)."""
 
+    modality = "text"  # reads token ids: what a datamodule's check_model compares with its own
+
     def __init__(self, hf_model: nn.Module, *, pad_id: int, sep_id: int | None, segment_ids: bool, arch: str):
         super().__init__()
         prefix = hf_model.base_model_prefix
@@ -229,7 +231,9 @@ def pretrained_transformer(num_classes: int, in_channels: int = 3, width: int | 
     from transformers import AutoModelForSequenceClassification
 
     from tgp.data.text.tokenizer import load_tokenizer
+    from tgp.logs_hf import quiet_huggingface
 
+    quiet_huggingface()  # its load report and "Loading weights" bar: run.log only, unless verbose=true
     _no_width(arch, width)
     source = pretrained or HUB_NAMES.get(arch)
     if not source:
@@ -267,7 +271,9 @@ def random_transformer(num_classes: int, in_channels: int = 3, width: int | None
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from tgp.data.text.tokenizer import load_tokenizer
+    from tgp.logs_hf import quiet_huggingface
 
+    quiet_huggingface()
     _no_width(arch, width)
     if not tokenizer:
         raise ConfigError("model.tokenizer", tokenizer, f"{arch} is built from a config and takes its vocabulary size "

@@ -185,15 +185,16 @@ class BestAtFinalSparsity(L.Callback):
     checkpoint, so a resumed fit keeps the best so far.
     """
 
-    def __init__(self, stage: str, first_epoch: int, path: Path):
+    def __init__(self, stage: str, first_epoch: int, path: Path, monitor: str = "val/acc"):
         self.stage, self.first_epoch, self.path = stage, int(first_epoch), Path(path)
+        self.monitor = monitor  # the validation metric, without the stage prefix (higher is better)
         self.best: float | None = None
         self.best_epoch: int | None = None
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.current_epoch < self.first_epoch:
             return
-        acc = trainer.callback_metrics.get(f"{self.stage}/val/acc")
+        acc = trainer.callback_metrics.get(f"{self.stage}/{self.monitor}")
         if acc is None or (self.best is not None and float(acc) <= self.best):
             return
         self.best, self.best_epoch = float(acc), int(trainer.current_epoch)

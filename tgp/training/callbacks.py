@@ -7,12 +7,23 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 
+DEFAULT_MONITOR = "val/acc"
+
+
+def monitored(configured: str, score: str) -> str:
+    """The logged validation metric a configured ``monitor`` names: the default ``val/acc`` stands for the
+    data's single score, logged as ``val/<score>`` (``score`` = ``dm.scoring.logged``: images ``acc``, the
+    top-1 itself; text ``score``, the task's official score); any other name is taken as it is."""
+    return f"val/{score}" if configured == DEFAULT_MONITOR else configured
+
+
 def config_callbacks(cfg: DictConfig, stage: str, *, early_stopping: bool = False,
-                     has_logger: bool = True) -> list[Callback]:
+                     has_logger: bool = True, score: str = "acc") -> list[Callback]:
     """The ``callbacks`` group's callbacks for one stage's Trainer: every entry with a ``_target_`` and
     ``enabled: true`` (``model_checkpoint`` is read by :meth:`Training.fit` instead). A ``monitor`` is
-    prefixed with the stage (``val/acc`` -> ``<stage>/val/acc``); early stopping only where
-    ``early_stopping`` (the fitted stages) and the rich progress bar only while the Trainer has a bar."""
+    prefixed with the stage (``val/acc`` -> ``<stage>/val/acc``; the default ``val/acc`` names the data's
+    single score, :func:`monitored`); early stopping only where ``early_stopping`` (the fitted stages) and
+    the rich progress bar only while the Trainer has a bar."""
     out = []
     for name, node in (OmegaConf.select(cfg, "callbacks") or {}).items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -28,7 +39,7 @@ def config_callbacks(cfg: DictConfig, stage: str, *, early_stopping: bool = Fals
         if target.endswith("LearningRateMonitor") and not has_logger:
             continue  # Lightning refuses an LR monitor on a Trainer without a logger (logger=none)
         if "monitor" in settings:
-            settings["monitor"] = f"{stage}/{settings['monitor']}"
+            settings["monitor"] = f"{stage}/{monitored(str(settings['monitor']), score)}"
         if target.endswith("StageLearningRateMonitor"):
             settings["stage"] = stage
         out.append(instantiate(settings))

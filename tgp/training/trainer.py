@@ -20,7 +20,6 @@ the device it ran on.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import signal
@@ -33,11 +32,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from tgp.data.base import mix_seed, per_rank_batch
 from tgp.io import atomic_torch_save
-from tgp.training.callbacks import config_callbacks
+from tgp.metrics.scoring import Evaluation, evaluate
+from tgp.training.callbacks import config_callbacks, monitored
 from tgp.training.cost import TrainingCost, device_name, stage_training_flops
 from tgp.training.distributed import AllReduceBatchNormSync, ProcessGroupAtExit
 from tgp.training.loggers import make_loggers
@@ -57,6 +56,18 @@ class Training:
         # () -> the running stage's tgp.stages.Attempts (or None): ticked at every epoch end.
         self.clock = clock or (lambda: None)
 
+    @property
+    def score_key(self) -> str:
+        """The key the data's single score is logged under (``acc`` for images, ``score`` for text)."""
+        return self.dm.scoring.logged if self.dm is not None else "acc"
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric model selection reads, without the stage prefix: ``callbacks.model_checkpoint.monitor``
+        (its default ``val/acc`` is the data's single score, :func:`tgp.training.callbacks.monitored`)."""
+        chosen = OmegaConf.select(self.cfg, "callbacks.model_checkpoint", default=None) or {}
+        return monitored(str(chosen.get("monitor", "val/acc")), self.score_key)
+
     def device(self) -> torch.device:
         accel = str(OmegaConf.select(self.cfg, "trainer.accelerator", default="cpu"))
         return torch.device("cuda" if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
@@ -70,7 +81,8 @@ class Training:
         ``early_stopping``: whether this Trainer may get the group's early stopping (:meth:`fit`'s do).
         """
         loggers = make_loggers(self.cfg, stage, folder, version=log_version)
-        cbs = [*callbacks, *config_callbacks(self.cfg, stage, early_stopping=early_stopping, has_logger=bool(loggers))]
+        cbs = [*callbacks, *config_callbacks(self.cfg, stage, early_stopping=early_stopping, has_logger=bool(loggers),
+                                             score=self.score_key)]
         from tgp.logs import ConsoleSettings, is_verbose
 
         cbs.append(ConsoleSettings(is_verbose(self.cfg)))  # verbose or quiet, also in DDP-spawned ranks
@@ -95,7 +107,10 @@ class Training:
         """Fit ``module`` for ``epochs``, resuming from ``last.ckpt``; test the last and the best-val weights.
 
         Returns ``epochs`` (those trained: fewer than ``epochs_budget`` when early stopping ended it,
-        ``stopped_early``), ``top1_last``, ``top1_best_val``, ``val_acc_best``, and what it trained with:
+        ``stopped_early``), the test evaluation of the last and of the best-validation weights
+        (:meth:`Evaluation.fields`: ``score_last``, ``metrics_last``, ``groups_last``, ``top1_last`` and the
+        same ``_best_val``), ``val_acc_best`` (the best monitored validation value: the data's score by
+        default), and what it trained with:
         ``world_size``, ``per_rank_batch`` and ``device``; and its cost (:class:`TrainingCost`):
         ``train_examples`` (examples through the training step, all ranks and epochs),
         ``train_flops_dense`` and ``train_flops`` (with the mask at each epoch's start); ``compile``: the
@@ -115,7 +130,7 @@ class Training:
                           default=0)
         chosen = OmegaConf.select(self.cfg, "callbacks.model_checkpoint", default=None) or {}
         best = ModelCheckpoint(  # the settings of callbacks.model_checkpoint; one best.ckpt per stage
-            dirpath=folder, filename="best", monitor=f"{stage}/{chosen.get('monitor', 'val/acc')}",
+            dirpath=folder, filename="best", monitor=f"{stage}/{self.monitor}",
             mode=str(chosen.get("mode", "max")), save_top_k=1, enable_version_counter=False,
         )
         last = EpochEndCheckpoint(folder / "last.ckpt", attempts=self.clock())
@@ -153,31 +168,27 @@ class Training:
         result = {"epochs": trained, "epochs_budget": epochs, "stopped_early": trained < epochs,
                   "world_size": int(trainer.world_size), "per_rank_batch": batch,
                   "device": device_name(trainer), "compile": getattr(module, "compile_mode", None) or False,
-                  **cost.result(ckpt, trained), "top1_last": self.evaluate(net)}
+                  **cost.result(ckpt, trained), **self.scores(net, "last")}
         best_path = Path(best.best_model_path) if best.best_model_path else None
         if best_path and best_path.exists():
             state = torch.load(best_path, map_location="cpu", weights_only=False)
             best_net = copy.deepcopy(net)
             best_net.load_state_dict(strip_prefix(state["state_dict"], "net."))
-            result["top1_best_val"] = self.evaluate(best_net)
+            result.update(self.scores(best_net, "best_val"))
             score = next((v.get("best_model_score") for k, v in state.get("callbacks", {}).items()
                           if k.startswith("ModelCheckpoint") and v.get("monitor")), None)
             result["val_acc_best"] = float(score) if score is not None else None
         else:  # no validation ran (e.g. limit_val_batches=0): the last weights are all we have
-            result["top1_best_val"] = result["top1_last"]
+            result.update({k.replace("_last", "_best_val"): v for k, v in self.scores(net, "last").items()})
         atomic_torch_save(net.state_dict(), folder / "net.pt")
         return result
 
-    @torch.inference_mode()
-    def evaluate(self, net: nn.Module, loader=None) -> float:
-        """Top-1 accuracy (torchmetrics) on the test split, in this process."""
-        device = self.device()
-        was_training = net.training
-        net = net.to(device).eval()
-        metric = MulticlassAccuracy(self.dm.num_classes, average="micro").to(device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-        with autocast:
-            for x, y in loader if loader is not None else self.dm.test_dataloader():
-                metric.update(net(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
-        net.train(was_training)
-        return float(metric.compute())
+    def evaluate(self, net: nn.Module) -> Evaluation:
+        """The data's metrics (``dm.scoring``) on the test split, per evaluation set
+        (``dm.test_group_dataloaders()``), in this process."""
+        return evaluate(net, self.dm.test_group_dataloaders(), self.dm.scoring, self.device())
+
+    def scores(self, net: nn.Module, which: str) -> dict:
+        """:meth:`evaluate` as the stage-result fields ``score_<which>``, ``metrics_<which>``, ``groups_<which>``
+        and ``top1_<which>`` (the score when the data's score is a top-1, else None)."""
+        return self.evaluate(net).fields(which, top1=self.dm.scoring.name == "top1")

@@ -45,6 +45,8 @@ class TextClassificationDataModule(ClassificationDataModule):
       (``<task folder>/.tgp_cache``) or in ``cache_dir``; ``cache=false`` tokenizes in memory.
     """
 
+    modality = "text"
+
     @classmethod
     def dataset_name_of(cls, data_cfg) -> str:
         """The task's key (``cola``, ``mnli``, ``xnli``, ...): what ``self.name`` is once built."""
@@ -55,6 +57,7 @@ class TextClassificationDataModule(ClassificationDataModule):
         self.task: TextTask = get_task(task)
         self.name = self.task.key
         self.num_classes = self.task.num_classes
+        self.benchmark = self.task.benchmark if self.task.benchmark in ("glue", "xglue") else None
         super().__init__(*args, **kwargs)
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 4:
             raise ConfigError("data.max_length", max_length, "must be an integer >= 4 (tokens per row, special "
@@ -183,6 +186,48 @@ class TextClassificationDataModule(ClassificationDataModule):
                             for g, (a, b) in self._raw_groups.items()}
 
     # ----------------------------------------------------------------- what the model sees
+    def model_kwargs(self) -> dict:
+        """``num_classes``: the classifier's outputs (one per label; 1 for STS-B's regression score). The
+        tokenizer is the model config's own (``model.tokenizer``; :meth:`check_model` checks it is the data's)."""
+        return {"num_classes": int(self.num_classes)}
+
+    @property
+    def scoring(self):
+        """The task's official metrics (:func:`tgp.metrics.text.text_scoring`)."""
+        from tgp.metrics.text import text_scoring
+
+        return text_scoring(self.task)
+
+    def check_model(self, model, setting: str = "model") -> None:
+        """The model reads these token ids: a Transformer (:class:`~tgp.models.text.TextClassifier`) with this
+        tokenizer (:func:`tgp.models.text.check_data_fits`)."""
+        from tgp.models.text import check_data_fits
+
+        super().check_model(model, setting)
+        if getattr(model, "modality", None) != "text":
+            raise ConfigError(setting, getattr(model, "arch", type(model).__name__), f"the {self.name} data is token "
+                              "ids, which only a Transformer of tgp.models.text reads.",
+                              f"use a text model for {setting} (e.g. bert_tiny, bert_base, xlmr_base).")
+        check_data_fits(model, self)
+
+    def check_net_config(self, node, setting: str) -> None:
+        """A configured network (``teacher.net``) must use this data's tokenizer: the batches are token ids
+        of one tokenizer, read by every network of the job (checked without building the network)."""
+        source = node.get("tokenizer") if hasattr(node, "get") else None
+        if not source:
+            raise ConfigError(setting, node.get("name") if hasattr(node, "get") else node, "the text data is token "
+                              f"ids of one tokenizer ({self.tokenizer_source}), and this network names no tokenizer: "
+                              "it is not a text model.",
+                              f"set {setting} to a text model config (e.g. teacher=bert_tiny), whose tokenizer is the data's.")
+        if str(source) == str(self.tokenizer_source):
+            return
+        other = load_tokenizer(str(source), f"{setting}.tokenizer")
+        if tokenizer_fingerprint(other) != tokenizer_fingerprint(self.tokenizer):
+            raise ConfigError(f"{setting}.tokenizer", source, f"this tokenizer is not the data's "
+                              f"({self.tokenizer_source}): the network would read the data's token ids as other words.",
+                              f"use a {setting} of the same model family, with the data's tokenizer "
+                              f"({setting}.tokenizer={self.tokenizer_source}).")
+
     @property
     def mean_length(self) -> int:
         """The mean tokenized length of the training split (special tokens included), rounded."""

@@ -87,3 +87,29 @@ def write_roleswap(root, n_train: int = 2000, n_dev: int = 400, seed: int = 0, v
     texts = [t for ex in train for t in (ex.text_a, ex.text_b)]
     tokenizer = train_wordpiece(texts, os.path.join(folder, "tokenizer"), vocab_size)
     return {"folder": folder, "tokenizer": tokenizer, "train": train, "dev": dev}
+
+
+def main(argv=None) -> int:
+    """``python -m tgp.data.text.generated [--root data]``: write the roleswap task and its tokenizer
+    unless they are there already (``--force``: rewrite them)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tgp.data.text.generated", description=main.__doc__)
+    ap.add_argument("--root", default="data", help="data.root (the task goes to <root>/glue_data/RoleSwap/)")
+    ap.add_argument("--n-train", type=int, default=4000, help="training rows (ours: what the text demo trains on)")
+    ap.add_argument("--n-dev", type=int, default=400, help="dev rows (the test split)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force", action="store_true", help="rewrite the files even when they exist")
+    args = ap.parse_args(argv)
+    folder = TASKS["roleswap"].folder_path(args.root)
+    files = [os.path.join(folder, name) for name in ("train.tsv", "dev.tsv", os.path.join("tokenizer", "tokenizer.json"))]
+    if all(os.path.isfile(f) for f in files) and not args.force:
+        print(f"roleswap: {folder} is there (--force rewrites it)")
+        return 0
+    out = write_roleswap(args.root, n_train=args.n_train, n_dev=args.n_dev, seed=args.seed)
+    print(f"roleswap: wrote {len(out['train'])} training and {len(out['dev'])} dev rows and the tokenizer to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

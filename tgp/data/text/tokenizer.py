@@ -19,6 +19,9 @@ def load_tokenizer(source: object, setting: str = "data.tokenizer"):
                           f"set {setting} to the model's hub name or to a tokenizer folder.")
     from transformers import AutoTokenizer
 
+    from tgp.logs_hf import quiet_huggingface
+
+    quiet_huggingface()  # transformers' warnings through tgp's handlers (run.log; the console only if verbose)
     local = os.path.isdir(os.path.expanduser(source))
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(source) if local else source)
