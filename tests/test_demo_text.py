@@ -61,7 +61,7 @@ def test_demo_text_recipe_end_to_end_at_toy_size_and_its_report_has_intervals(tm
     assert jobs == 9
     table = (logs / "sweeps" / "demo_text" / "report.md").read_text()
     interval = r"\[[+−-]?\d+\.\d+, [+−-]?\d+\.\d+\]"
-    rows = {m: next(ln for ln in table.splitlines() if ln.startswith(f"| {m} |")) for m in ("sdp", "sdp λ=0", "magnitude")}
+    rows = {m: next(ln for ln in table.splitlines() if ln.startswith(f"| {m} |")) for m in ("sdp", "sdp (λ=0)", "magnitude")}
     for method, line in rows.items():
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[2] == "roleswap" and cells[4] == "90.00" and cells[-1] == "3", line

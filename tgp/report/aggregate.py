@@ -71,13 +71,8 @@ def normalize(row: dict) -> dict:
         r["teacher"] = model_label(row.get("teacher"), row.get("teacher_width"))
     r["sanity"] = row.get("sanity") or None
     r["cost_flops"] = job_cost_flops(row)
-    if row.get("variant"):  # an ablation of the method (SDP's λ=0): a method row of its own
-        r["method"] = f"{row['method']} {row['variant']}"
-    # A dataset scored by another metric than top-1 (a text task: score_name, score_*; top1_* are None):
-    # its single score fills the accuracy columns.
-    for which in ("best_val", "last", "teacher", "dense_student"):
-        if r.get(f"top1_{which}") is None and r.get(f"score_{which}") is not None:
-            r[f"top1_{which}"] = r[f"score_{which}"]
+    if row.get("variant"):  # an ablation the method declares (MethodSpec.variant: SDP's λ=0): a row of its own
+        r["method"] = f"{row['method']} ({row['variant']})"
     return r
 
 

@@ -99,8 +99,9 @@ def ablation_name(method, method_cfg) -> str | None:
 
 
 def add_ablation(row: dict, folder: Path) -> dict:
-    """``row["method"]`` renamed to its ablation's name (:func:`ablation_name`) from the job's config."""
-    if any(row.get("method") == name for name, _, _ in ABLATIONS):
+    """``row["method"]`` renamed to its ablation's name (:func:`ablation_name`) from the job's config, for
+    rows written before the metrics row recorded the method's ``variant`` (which the report reads instead)."""
+    if "variant" not in row and any(row.get("method") == name for name, _, _ in ABLATIONS):
         label = ablation_name(row["method"], _cfg_get(_read_config(folder, resolved_first=True), "method"))
         if label:
             row["method"] = label
