@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tgp.data.device_loader import DeviceLoader
+from tgp.data.global_batches import GlobalBatchSampler, RankShard, running_ranks
 from tgp.errors import ConfigError
 
 LOADERS = ("torch", "device")
@@ -321,7 +322,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
             mean=self.mean, std=self.std, device=device, shuffle=train,
             drop_last=train and len(labels) > self.batch_size, augment=train and self.augment,
             padding=self.crop_padding, seed=self.shuffle_seed, channels_last=device.type == "cuda",
-            epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None, **kw,
+            epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None,
+            ranks=running_ranks(trainer), **kw,
         )
 
     # ----------------------------------------------------------------- the loaders Lightning asks for
@@ -331,9 +333,13 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self._require_setup()
         drop_last = len(self.data_train) > self.batch_size
         batch = self.rank_batch_size
-        if self.world_size > 1:  # Lightning swaps in a DistributedSampler, seeded by epoch
-            return self._loader(self.data_train, batch, shuffle=True, drop_last=drop_last)
         sampler = EpochSampler(len(self.data_train), self.shuffle_seed)
+        rank, world = running_ranks(getattr(self, "trainer", None))
+        if world > 1:  # each rank its share of the one-process batches (tgp.data.global_batches)
+            return DataLoader(
+                self.data_train, batch_sampler=GlobalBatchSampler(sampler, self.batch_size, rank, world, drop_last),
+                num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+            )
         return DataLoader(
             self.data_train, batch_size=batch, sampler=sampler, drop_last=drop_last, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
@@ -343,13 +349,22 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if self.loader == "device":
             return self._device_loader("val")
         self._require_setup()
-        return self._loader(self.data_val, self.rank_eval_batch_size, shuffle=False)
+        return self._eval_loader(self.data_val)
 
     def test_dataloader(self) -> DataLoader | DeviceLoader:
         if self.loader == "device":
             return self._device_loader("test")
         self._require_setup()
-        return self._loader(self.data_test, self.rank_eval_batch_size, shuffle=False)
+        return self._eval_loader(self.data_test)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """An evaluation split in order; under a running DDP Trainer, this rank's contiguous unpadded shard."""
+        rank, world = running_ranks(getattr(self, "trainer", None))
+        if world == 1:
+            return self._loader(dataset, self.rank_eval_batch_size, shuffle=False)
+        return DataLoader(dataset, batch_size=self.rank_eval_batch_size, sampler=RankShard(len(dataset), rank, world),
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers)
 
     def score_dataloader(self, batch_size: int | None = None) -> DataLoader:
         """Train subset with the eval transform, in a fixed (``score_seed``) shuffled order."""

@@ -1,0 +1,119 @@
+"""The same stage on 1 or N processes: the global batches are a function of (seed, stage, epoch) only,
+each DDP rank trains on its contiguous share of every one-process batch, so a stage's key may leave the
+world size out — except where a result depends on it (per-rank state), which then joins the key."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import compose_cfg, run_cli
+from tgp.data.base import EpochSampler
+from tgp.data.global_batches import GlobalBatchSampler, RankShard, rank_share, running_ranks
+from tgp.stages import KINDS, stage_key
+
+
+def test_rank_shares_split_contiguously_and_cover_once():
+    for n in (0, 1, 7, 8, 33):
+        for world in (1, 2, 3, 8):
+            spans = [rank_share(n, r, world) for r in range(world)]
+            assert spans[0][0] == 0 and spans[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, in rank order
+            assert max(e - s for s, e in spans) - min(e - s for s, e in spans) <= 1
+
+
+def test_rank_batches_of_the_torch_path_are_the_one_process_batches_augmentation_included(tmp_path):
+    """Digits with its random crops: rank 0's and rank 1's batches, concatenated, are the one-process batches
+    pixel for pixel (each sample's augmentation is seeded by the epoch order, not by the process)."""
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(["experiment=smoke"], tmp_path)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    dm.shuffle_seed = 11
+    one = list(dm.train_dataloader())  # no Trainer: one process
+    n, batch = len(dm.data_train), dm.batch_size
+    ranks = []
+    for rank in (0, 1):
+        sampler = EpochSampler(n, dm.shuffle_seed)
+        ranks.append(list(DataLoader(dm.data_train, batch_sampler=GlobalBatchSampler(sampler, batch, rank, 2, True))))
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == n // batch
+    for (x, y), (x0, y0), (x1, y1) in zip(one, *ranks):
+        assert x0.shape[0] == x1.shape[0] == batch // 2
+        assert torch.equal(torch.cat([y0, y1]), y) and torch.equal(torch.cat([x0, x1]), x)
+    shards = [list(RankShard(10, r, 3)) for r in range(3)]
+    assert sum(shards, []) == list(range(10))
+
+
+def test_loaders_outside_a_running_distributed_fit_see_the_whole_split():
+    assert running_ranks(None) == (0, 1)  # e.g. a stage's test-set evaluation after its DDP fit
+
+
+def test_world_size_joins_the_key_only_of_a_stage_whose_result_depends_on_it(tmp_path):
+    from tgp.methods import load_all
+
+    load_all()
+    kd, teacher = KINDS["kd_pretrain"], KINDS["teacher"]
+
+    def keys(*overrides):
+        one = compose_cfg(["experiment=smoke", *overrides], tmp_path)
+        ddp = compose_cfg(["experiment=smoke", "trainer=ddp_sim", *overrides], tmp_path)
+        return {k.name: (stage_key(one, k), stage_key(ddp, k)) for k in (kd, teacher)}
+
+    same = keys()
+    assert all(a == b for a, b in same.values())  # the global batches make them equal: one key
+    batch = keys("distill.confidence=batch")  # β = the mean over each rank's share of a batch: per rank
+    assert batch["kd_pretrain"][0] != batch["kd_pretrain"][1] and batch["teacher"][0] == batch["teacher"][1]
+    assert batch["kd_pretrain"][0] == stage_key(compose_cfg(["experiment=smoke", "distill.confidence=batch"],
+                                                            tmp_path), kd)  # one-process keys unchanged
+
+
+# -- (slow) the same stages trained on 2 gloo processes and on 1 ----------------------------------------
+STAGES = ["experiment=smoke", "stop_after=prune", "trainer.limit_train_batches=3"]
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _max_diff(a, b) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.slow  # a one-process and a ddp_sim smoke run to the prune stage, then a DDP prune (~3 min on 2 cores)
+def test_ddp_stages_equal_the_one_process_stages(tmp_path):
+    run_cli(STAGES, tmp_path / "one", timeout=600)
+    run_cli([*STAGES, "trainer=ddp_sim"], tmp_path / "ddp", timeout=900)
+    one, ddp = tmp_path / "one" / "run", tmp_path / "ddp" / "run"
+    for stage in ("teacher", "kd_pretrain"):  # same key, same weights (float reduction order only)
+        assert (one / stage).resolve().name == (ddp / stage).resolve().name
+        assert _max_diff(_weights(one / stage / "net.pt"), _weights(ddp / stage / "net.pt")) <= 1e-5, stage
+    # The prune stage on 2 processes from the very same KD weights: the identical mask. (From the DDP-trained
+    # weights, equal to ~1e-6, a handful of the ~61k scores nearest the threshold may swap sides.)
+    mixed = tmp_path / "mixed"
+    (mixed / "stages").mkdir(parents=True)
+    for stage in ("teacher", "kd_pretrain"):
+        shutil.copytree((one / stage).resolve(), mixed / "stages" / (one / stage).resolve().name)
+    proc = run_cli([*STAGES, "trainer=ddp_sim"], mixed, timeout=900)
+    assert "stage kd_pretrain: reused" in proc.stderr + proc.stdout
+    a, b = _weights(one / "prune" / "mask.pt"), _weights(mixed / "run" / "prune" / "mask.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    full = _weights(ddp / "prune" / "mask.pt")
+    flipped = sum(int((a[k] != full[k]).sum()) for k in a)
+    assert flipped <= 1e-3 * sum(v.numel() for v in a.values()), flipped
+
+
+@pytest.mark.slow  # the device data path on fake CIFAR images, teacher stage on 2 processes and on 1 (~2 min)
+def test_ddp_teacher_on_the_device_path_equals_one_process(tmp_path):
+    from tests.helpers.fake_data import write_fake_cifar
+
+    write_fake_cifar(tmp_path / "data", n_train=320, n_test=64)
+    stage = ["experiment=smoke", "data=cifar10", f"data.root={tmp_path / 'data'}", "data.loader=device",
+             "data.limit_train=null", "data.val_size=64", "stop_after=teacher", "trainer.limit_train_batches=4"]
+    run_cli(stage, tmp_path / "one", timeout=600)
+    run_cli([*stage, "trainer=ddp_sim"], tmp_path / "ddp", timeout=900)
+    one, ddp = (tmp_path / d / "run" / "teacher" / "net.pt" for d in ("one", "ddp"))
+    assert _max_diff(_weights(one), _weights(ddp)) <= 1e-5
