@@ -4,14 +4,16 @@ The run-directory contract (users and scripts read it)::
 
     <run_dir>/config.yaml                resolved config
     <run_dir>/<stage>/                   one folder per stage (a link into paths.stage_store)
-        result.json                      written last: the stage is done (kind, version, key, seconds, attempts)
+        result.json                      written last: the stage is done (kind, version, key, seconds, attempts,
+                                         files: the size and SHA-256 of every file it wrote; tgp.integrity)
         attempts.json                    one entry per start of the stage (seconds, status)
         last.ckpt, best.ckpt, net.pt     Lightning checkpoints (masks inside once pruned), plain weights
         metrics.csv                      every epoch's logged metrics, exactly once across resumes
     <run_dir>/prune/mask.pt              {param_name: bool tensor}, True = kept
     <run_dir>/prune/sparsity_report.json per-layer and global: total, kept, sparsity
     <run_dir>/student_sparse.pt          plain state_dict of the final student (zeros in place)
-    <run_dir>/metrics.json               one flat row (see tgp.report.summary.metrics_row)
+    <run_dir>/metrics.json               one flat row (see tgp.report.summary.metrics_row), with the size and
+                                         SHA-256 of student_sparse.pt (student_sparse_size, _sha256)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tgp.checks import validate_job
 from tgp.errors import TGPError
+from tgp.integrity import student_record
 from tgp.io import atomic_save_json, atomic_torch_save, atomic_write_bytes
 from tgp.job import Job
 from tgp.logs import FILE_ONLY, configure_console
@@ -94,6 +97,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     atomic_torch_save(net.state_dict(), run_dir / "student_sparse.pt")
     row = metrics_row(cfg, spec, job, final_stage, net, mask)
     row["run_dir"] = str(run_dir)
+    row.update(student_record(run_dir / "student_sparse.pt"))  # what tgp-eval and tgp-verify check it against
     row["status"] = "ok"
     atomic_save_json(row, run_dir / "metrics.json")
     table = summary_table(row, run_dir)

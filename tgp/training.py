@@ -11,9 +11,10 @@ re-run ends with the same weights as one that was never interrupted. SIGTERM and
 Each attempt logs to ``logs/attempt_<k>/metrics.csv``; ``metrics.csv`` is their merge, every
 epoch exactly once.
 
-**Hardware-independent meaning.** ``data.batch_size`` is the global batch (split over the DDP
-ranks by the datamodule) and BatchNorm statistics are synchronized over the ranks whenever
-there is more than one, so a stage means the same experiment on 1 or 8 processes.
+**Hardware-independent meaning.** ``data.batch_size`` is the global batch: under DDP each rank
+trains on its contiguous share of each one-process batch (:mod:`tgp.data.global_batches`), and
+BatchNorm statistics are synchronized over the ranks whenever there is more than one, so a stage
+computes the same weights on 1 or 8 processes, up to the order of floating-point reductions.
 
 **Cost.** Every fit counts the examples through its training step and their FLOPs
 (:class:`TrainingCost`, per-example counts from :mod:`tgp.report.flops`), all ranks together and
@@ -39,14 +40,15 @@ import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
+from lightning.pytorch.plugins.layer_sync import LayerSync
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from tgp.data.base import mix_seed, per_rank_batch
 from tgp.errors import CheckpointMismatchError
-from tgp.io import atomic_torch_save, atomic_write_bytes
+from tgp.integrity import file_record
+from tgp.io import NO_ROOM, atomic_torch_save, atomic_write_bytes, no_room, tensor_bytes
 
 log = logging.getLogger("tgp")
 
@@ -85,12 +87,15 @@ class Training:
             # from batch/world samples: synchronize them whatever the config says, so one stage
             # means the same experiment on 1 or 8 processes. torch's SyncBatchNorm is GPU-only;
             # on CPUs (ddp_sim) an all-reduce BatchNorm does the same.
+            # Each rank trains on its share of the one-process global batches, dealt by the datamodule
+            # (tgp.data.global_batches), not on Lightning's DistributedSampler's other order.
             from lightning.pytorch.accelerators import CPUAccelerator
 
+            args["use_distributed_sampler"] = False
             if isinstance(trainer.accelerator, CPUAccelerator):
                 plugins = [*(args.pop("plugins", None) or []), AllReduceBatchNormSync()]
                 trainer = instantiate(self.cfg.trainer, **args, sync_batchnorm=False, plugins=plugins)
-            elif not isinstance(trainer.strategy._layer_sync, TorchSyncBatchNorm):
+            else:
                 trainer = instantiate(self.cfg.trainer, **args, sync_batchnorm=True)
         return trainer
 
@@ -136,8 +141,10 @@ class Training:
         if ckpt.exists():
             done = completed_epochs(ckpt)
             log.info("stage %s: resuming from last.ckpt at epoch %d (%d of %d epochs done)", stage, done, done, epochs)
+        fitted = False
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
+            fitted = True
         except SystemExit as e:  # Lightning's SIGTERMException: a SIGTERM or SIGUSR1 arrived
             signum = signals.received or signal.SIGTERM
             log.warning("stage %s preempted at epoch %d (%s): last.ckpt keeps its %d finished epochs; re-run the "
@@ -147,7 +154,12 @@ class Training:
             # SystemExit still, so StageRunner records the attempt as preempted.
             raise type(e)(128 + int(signum)) from None
         finally:
-            merge_attempt_metrics(logs, folder / "metrics.csv")
+            try:
+                merge_attempt_metrics(logs, folder / "metrics.csv")
+            except OSError:
+                if fitted:
+                    raise
+                # else the fit's own error is the one to report (a full disk fails this write too)
         net = module.net
         # The epochs it trained: fewer than the budget only when early stopping ended the fit (last.ckpt
         # is written after every epoch, in rank 0 also under ddp_spawn).
@@ -267,7 +279,9 @@ class EpochEndCheckpoint(Checkpoint):
     but written as ``last.ckpt.pending`` and renamed to ``last.ckpt`` only when the epoch is entirely
     over (next epoch's start, end of training, a preemption after the epoch): Lightning logs the
     epoch's training metrics after ``on_train_epoch_end``, and a kill in between must not leave a
-    ``last.ckpt`` that skips an epoch whose row never reached metrics.csv.
+    ``last.ckpt`` that skips an epoch whose row never reached metrics.csv. Its size and SHA-256 are
+    recorded in the attempt (``attempts.json``), so a resume trusts only the checkpoint it wrote
+    (:func:`tgp.integrity.checkpoint_problem`).
     """
 
     def __init__(self, path: Path, attempts=None):
@@ -277,16 +291,28 @@ class EpochEndCheckpoint(Checkpoint):
         self._pending_done: int | None = None  # completed epochs in the pending checkpoint
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        trainer.save_checkpoint(self.pending)  # every rank calls it, rank 0 writes (atomically: fsspec transaction)
+        try:
+            trainer.save_checkpoint(self.pending)  # every rank calls it, rank 0 writes (atomically: fsspec transaction)
+        except OSError as e:
+            if e.errno not in NO_ROOM:
+                raise
+            # What it needed at least: the weights and the optimizer state.
+            needed = tensor_bytes(pl_module.state_dict()) + tensor_bytes([o.state_dict() for o in trainer.optimizers])
+            written = self.pending.stat().st_size if self.pending.exists() else None
+            raise no_room(e.errno, self.pending, needed=needed, written=written) from e
         self._pending_done = trainer.current_epoch + 1
 
     def _promote(self, trainer) -> None:
         if self._pending_done is None:
             return
         if trainer.is_global_zero:
-            self.pending.replace(self.path)
-            if self.attempts is not None:
-                self.attempts.tick(epoch=self._pending_done)
+            if self.attempts is None:
+                self.pending.replace(self.path)
+            else:  # its record first: a crash between the two leaves last.ckpt matching one of them
+                record = file_record(self.pending)
+                self.attempts.tick(last_ckpt_next=record)
+                self.pending.replace(self.path)
+                self.attempts.tick(epoch=self._pending_done, last_ckpt=record, last_ckpt_next=None)
         self._pending_done = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

@@ -1,7 +1,8 @@
 """``tgp-report SWEEP_DIR`` (or ``python -m tgp.report SWEEP_DIR``): tables and plots of a sweep.
 
 Reads every job's ``metrics.json`` under SWEEP_DIR (recursively; jobs with only an ``error.txt``
-are listed as failed with their error) and writes, into ``--out`` (default: SWEEP_DIR):
+are listed as failed with their error, finished jobs whose files no longer match their records —
+:mod:`tgp.integrity` — as damaged) and writes, into ``--out`` (default: SWEEP_DIR):
 
 - ``report.md``   per method (+ sanity-check variant) × dataset × model × target sparsity × retrain KD:
                   mean ± std, 95 % CI and n over seeds, the paired difference to ``--reference``
@@ -10,6 +11,9 @@ are listed as failed with their error) and writes, into ``--out`` (default: SWEE
                   failed, incomplete and missing jobs. The table is also printed to stdout.
 - ``report.csv``  one row per job (done and failed)
 - ``*.png``       top-1 vs density (log), per-layer density, top-1 vs training FLOPs, radar, cost
+
+Exit codes: 0 a report was written; 2 nothing to report (no such folder, or no finished job in it:
+nothing is written).
 
 ``--wandb`` also logs a comparison run (the table with its intervals and the plots) to W&B.
 """
@@ -50,14 +54,18 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: no such folder. Fix: pass a sweep folder, e.g. outputs/sweeps/<name>.")
     out = Path(out) if out else sweep_dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = find_jobs(sweep_dirs[0])
+    verified: dict = {}  # stage folders shared by jobs are checked once
+    jobs = find_jobs(sweep_dirs[0], verified)
     for d in sweep_dirs[1:]:
-        more = find_jobs(d)
+        more = find_jobs(d, verified)
         jobs.ok += more.ok
         jobs.failed += more.failed
         jobs.incomplete += more.incomplete
         jobs.missing += more.missing
+        jobs.damaged += more.damaged
+    if not jobs.ok:
+        raise NothingToReport(sweep_dirs, jobs)
+    out.mkdir(parents=True, exist_ok=True)
     if reference is not None and str(reference).lower() == "none":
         reference = None
     groups = aggregate(jobs.ok, reference=reference)
@@ -71,7 +79,7 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
     title = ", ".join(str(d) for d in sweep_dirs)
     text = markdown_report(Path(title), jobs, groups, refs, png, costs=costs).encode()
     atomic_write_bytes(out / "report.md", lambda f: f.write(text))
-    write_csv(jobs.ok + jobs.failed, out / "report.csv")
+    write_csv(jobs.ok + jobs.failed + jobs.damaged, out / "report.csv")
     result = {"out": out, "jobs": jobs, "groups": groups, "references": refs, "plots": png, "costs": costs[0]}
     if wandb:
         from tgp.report.wandb_report import log_comparison
@@ -81,7 +89,37 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
     return result
 
 
+class NothingToReport(Exception):
+    """No finished job under the sweep folders (none at all, or only failed, damaged or unfinished ones)."""
+
+    def __init__(self, sweep_dirs, jobs):
+        self.jobs = jobs
+        where = ", ".join(str(d) for d in sweep_dirs)
+        found = "no job folder at all" if not jobs.all_rows else f"no finished job ({_counts(jobs)})"
+        super().__init__(f"nothing to report in {where}: {found}; no report written. Fix: pass the folder a sweep "
+                         "wrote its jobs to (outputs/sweeps/<name>), or re-run the sweep's command to finish its jobs.")
+
+
+def _counts(jobs) -> str:
+    damaged = f", {len(jobs.damaged)} damaged" if jobs.damaged else ""
+    return (f"{len(jobs.ok)} done, {len(jobs.failed)} failed, {len(jobs.incomplete)} incomplete, "
+            f"{len(jobs.missing)} missing{damaged}")
+
+
+def _list_jobs(jobs) -> None:
+    for r in jobs.damaged:
+        print(f"  damaged: {r.get('method')} s={r.get('target_sparsity')} seed={r.get('seed')}: {r.get('error')}")
+    for r in jobs.failed:
+        print(f"  failed: {r.get('method')} s={r.get('target_sparsity')} seed={r.get('seed')}: {r.get('error')}")
+    for r in jobs.incomplete:
+        print(f"  incomplete: {r.get('run_dir')}")
+    for r in jobs.missing:
+        print(f"  missing: {r.get('method')} {r.get('dataset')} s={r.get('target_sparsity')} seed={r.get('seed')}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``tgp-report``: 0 with a report written; 2 (one paragraph, nothing written) for a folder that does
+    not exist or holds no finished job."""
     args = build_parser().parse_args(argv)
     try:
         res = run_report(args.sweep_dir, args.out, args.references, plots=not args.no_plots, wandb=args.wandb,
@@ -89,16 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"tgp-report: error: {e}", file=sys.stderr)
         return 2
+    except NothingToReport as e:
+        _list_jobs(e.jobs)
+        print(f"tgp-report: error: {e}", file=sys.stderr)
+        return 2
     jobs = res["jobs"]
     print(markdown_table(res["groups"]) if res["groups"] else "(no finished job)")
-    print(f"\n{len(jobs.ok)} done, {len(jobs.failed)} failed, {len(jobs.incomplete)} incomplete, "
-          f"{len(jobs.missing)} missing")
-    for r in jobs.failed:
-        print(f"  failed: {r.get('method')} s={r.get('target_sparsity')} seed={r.get('seed')}: {r.get('error')}")
-    for r in jobs.incomplete:
-        print(f"  incomplete: {r.get('run_dir')}")
-    for r in jobs.missing:
-        print(f"  missing: {r.get('method')} {r.get('dataset')} s={r.get('target_sparsity')} seed={r.get('seed')}")
+    print(f"\n{_counts(jobs)}")
+    _list_jobs(jobs)
     print(f"wrote {res['out'] / 'report.md'}, {res['out'] / 'report.csv'} and {len(res['plots'])} plots")
     return 0
 
