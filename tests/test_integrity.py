@@ -281,22 +281,30 @@ STAGES = ("teacher", "kd_pretrain", "prune", "retrain")
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    """A finished smoke run and its store, never modified: every damage test copies it."""
+def smoke(tmp_path_factory):
+    """A finished smoke run and its store (the folder a damage test damages and re-runs in place)."""
     from conftest import run_cli
 
-    tmp = tmp_path_factory.mktemp("pristine")
+    tmp = tmp_path_factory.mktemp("smoke") / "w"
+    tmp.mkdir()
     run_cli(["experiment=smoke", f"paths.stage_store={tmp / 'stages'}"], tmp, timeout=900)
     return tmp
 
 
-def _copy(pristine: Path, tmp: Path) -> Path:
-    shutil.copytree(pristine, tmp / "w", symlinks=True)  # stage links are relative: they point into the copy
-    return tmp / "w"
+@pytest.fixture
+def pristine(smoke):
+    """``(work, pristine)``: the smoke folder to damage and re-run — in place, since checkpoints record the
+    folder they were written to — and an untouched copy of it; the smoke folder is restored afterwards."""
+    copy = smoke.with_name("pristine")
+    shutil.copytree(smoke, copy, symlinks=True)  # stage links are relative: they point into the copy
+    yield smoke, copy
+    shutil.rmtree(smoke)
+    copy.rename(smoke)
 
 
 def _same_artifacts(a: Path, b: Path) -> None:
-    """The files a job's result rests on are byte for byte those of the undamaged run."""
+    """The files a job's result rests on are byte for byte those of the undamaged run (``a`` re-ran in
+    the folder where ``b`` was computed: checkpoints record their folder)."""
     for stage in STAGES:
         files = read_json(a / "run" / stage / "result.json")["files"]
         for name in files:
@@ -309,10 +317,10 @@ def _same_artifacts(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow  # a damaged copy of a smoke store, re-run (~1 min on 2 cores, with the shared pristine run)
-def test_every_damaged_stage_of_a_smoke_store_is_recomputed_and_the_run_ends_bit_identical(pristine, tmp_path, capsys):
+def test_every_damaged_stage_of_a_smoke_store_is_recomputed_and_the_run_ends_bit_identical(pristine, capsys):
     from conftest import run_cli
 
-    work = _copy(pristine, tmp_path)
+    work, pristine = pristine
     run = work / "run"
     truncate(run / "teacher" / "result.json")  # → resumed from last.ckpt (its record in attempts.json)
     flip(run / "kd_pretrain" / "last.ckpt")  # a finished stage's checkpoint → computed again from the start
@@ -321,11 +329,12 @@ def test_every_damaged_stage_of_a_smoke_store_is_recomputed_and_the_run_ends_bit
     assert verify_main([str(work / "stages")]) == 1
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 5 and [line.split(": ")[2] for line in listed[:4]] == \
-        ["result.json", "last.ckpt", "mask.pt", "metrics.csv"]
+        ["last.ckpt", "mask.pt", "metrics.csv", "result.json"]  # kd_pretrain, prune, retrain, teacher
 
     proc = run_cli(["experiment=smoke", f"paths.stage_store={work / 'stages'}"], work, timeout=900)
-    lines = [line for line in proc.stderr.splitlines() if "damaged" in line]
-    assert len(lines) == 4 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    lines = [line for line in console.splitlines() if "damaged: " in line]
+    assert len(lines) == 4 and "Traceback" not in console, console[-3000:]
     for stage, then in zip(STAGES, ("resuming from its verified last.ckpt", "computing it again",
                                     "computing it again", "resuming from its verified last.ckpt")):
         assert any(f"stage {stage}: damaged: " in line and line.endswith(then) for line in lines), (stage, lines)
@@ -336,16 +345,16 @@ def test_every_damaged_stage_of_a_smoke_store_is_recomputed_and_the_run_ends_bit
 
 @pytest.mark.slow  # (~1 min on 2 cores)
 def test_a_truncated_kd_student_is_resumed_for_another_sparsity_and_an_unfinished_stage_with_a_bad_checkpoint_restarts(
-        pristine, tmp_path):
+        pristine):
     from conftest import run_cli
 
-    work = _copy(pristine, tmp_path)
+    work, pristine = pristine
     os.truncate(work / "run" / "kd_pretrain" / "net.pt", 500)
     retrain = (work / "run" / "retrain").resolve()
     (retrain / "result.json").unlink()  # as if killed after its last epoch's checkpoint...
     flip(retrain / "last.ckpt")  # ... which the disk then damaged
     proc = run_cli(["experiment=smoke", f"paths.stage_store={work / 'stages'}"], work, timeout=900)
-    out = proc.stderr
+    out = proc.stdout + proc.stderr
     assert "stage kd_pretrain: damaged: net.pt: 500 bytes, recorded " in out and "Traceback" not in out
     assert "stage retrain: damaged: last.ckpt: matches none of its records in attempts.json" in out
     assert out.count("damaged: ") == 2 and "starting it afresh" in out, out[-3000:]
@@ -353,4 +362,4 @@ def test_a_truncated_kd_student_is_resumed_for_another_sparsity_and_an_unfinishe
     # another sparsity on the same store: the KD student is now intact and reused
     other = run_cli(["experiment=smoke", "pruning.sparsity=0.8", f"paths.stage_store={work / 'stages'}",
                      f"hydra.run.dir={work / 'run08'}"], work, timeout=900)
-    assert "stage kd_pretrain: reused" in other.stderr and "damaged" not in other.stderr
+    assert "stage kd_pretrain: reused" in other.stdout + other.stderr and "damaged: " not in other.stdout + other.stderr

@@ -106,14 +106,52 @@ def test_ddp_stages_equal_the_one_process_stages(tmp_path):
     assert flipped <= 1e-3 * sum(v.numel() for v in a.values()), flipped
 
 
-@pytest.mark.slow  # the device data path on fake CIFAR images, teacher stage on 2 processes and on 1 (~2 min)
-def test_ddp_teacher_on_the_device_path_equals_one_process(tmp_path):
+def _digits_as_cifar(root) -> None:
+    """A CIFAR-10 folder in torchvision's format whose images are the digits, upsampled to 32x32 RGB: real
+    images (random pixels make the first steps at initialization so sensitive that rounding shows)."""
+    import glob
+    import os
+    import pickle
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
     from tests.helpers.fake_data import write_fake_cifar
 
-    write_fake_cifar(tmp_path / "data", n_train=320, n_test=64)
-    stage = ["experiment=smoke", "data=cifar10", f"data.root={tmp_path / 'data'}", "data.loader=device",
-             "data.limit_train=null", "data.val_size=64", "stop_after=teacher", "trainer.limit_train_batches=4"]
-    run_cli(stage, tmp_path / "one", timeout=600)
-    run_cli([*stage, "trainer=ddp_sim"], tmp_path / "ddp", timeout=900)
-    one, ddp = (tmp_path / d / "run" / "teacher" / "net.pt" for d in ("one", "ddp"))
+    write_fake_cifar(root, n_train=320, n_test=64)
+    digits = load_digits()
+    images = np.kron((digits.images / 16.0 * 255).astype(np.uint8), np.ones((1, 4, 4), dtype=np.uint8))
+    rgb = np.stack([images] * 3, 1).reshape(len(images), -1)
+    used = 0
+    for path in sorted(glob.glob(os.path.join(str(root), "cifar-10-batches-py", "*_batch*"))):
+        with open(path, "rb") as f:
+            part = pickle.load(f, encoding="latin1")
+        n = len(part["labels"])
+        part["data"], part["labels"] = rgb[used:used + n], [int(v) for v in digits.target[used:used + n]]
+        used += n
+        with open(path, "wb") as f:
+            pickle.dump(part, f, protocol=2)
+
+
+@pytest.mark.slow  # the device data path on fake CIFAR images, teacher stage on 2 processes and on 1 (~2 min)
+def test_ddp_ranks_on_the_device_path_train_on_the_one_process_batches(tmp_path):
+    """What the two ranks of a ddp_sim fit receive, concatenated, is pixel for pixel what one process
+    receives (crops and flips included), batch by batch; and the first step's weights agree."""
+    _digits_as_cifar(tmp_path / "data")
+    stage = ["experiment=smoke", "data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify_checksums=false",
+             "data.loader=device", "data.num_workers=0", "data.pin_memory=false", "data.limit_train=null",
+             "data.val_size=64", "stop_after=teacher", "+callbacks.record._target_=tests.helpers.batch_recorder.BatchRecorder"]
+    for run, extra in (("one", []), ("ddp", ["trainer=ddp_sim"])):
+        run_cli([*stage, f"+callbacks.record.folder={tmp_path / run / 'batches'}", "trainer.limit_train_batches=3",
+                 *extra], tmp_path / run, timeout=900)
+    for step in range(3):
+        one = torch.load(tmp_path / "one" / "batches" / f"rank0_epoch0_step{step}.pt")
+        ranks = [torch.load(tmp_path / "ddp" / "batches" / f"rank{r}_epoch0_step{step}.pt") for r in (0, 1)]
+        assert ranks[0]["y"].shape[0] == ranks[1]["y"].shape[0] == one["y"].shape[0] // 2
+        for key in ("x", "y"):
+            assert torch.equal(torch.cat([ranks[0][key], ranks[1][key]]), one[key]), (step, key)
+    for run, extra in (("one1", []), ("ddp1", ["trainer=ddp_sim"])):
+        run_cli([*stage, f"+callbacks.record.folder={tmp_path / run / 'batches'}", "trainer.limit_train_batches=1",
+                 *extra], tmp_path / run, timeout=900)
+    one, ddp = (tmp_path / d / "run" / "teacher" / "net.pt" for d in ("one1", "ddp1"))
     assert _max_diff(_weights(one), _weights(ddp)) <= 1e-5

@@ -1,8 +1,10 @@
 """Stages: restartable, content-addressed units of work — addressing, locking, skipping, ``stop_after``.
 
 A stage writes its artifacts to one folder and finishes by writing ``result.json`` there
-(atomically). A stage whose ``result.json`` exists is skipped; one that was interrupted resumes
-(see :mod:`tgp.training`). Nothing here builds a Trainer.
+(atomically), with the size and SHA-256 of every file it wrote. A stage whose ``result.json``
+exists is reused once those files verify; a damaged one is set aside and computed again, and one
+that was interrupted resumes (see :mod:`tgp.integrity`, :mod:`tgp.training`). Nothing here builds
+a Trainer.
 
 **Identity by construction.** Every stage is an instance of a :class:`StageKind`, declared once
 as a module constant: its name, the config nodes it ``reads`` and a ``version``. The stage's
