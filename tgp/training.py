@@ -548,39 +548,15 @@ class TrainingCost(Callback):
 
 # -- synchronized BatchNorm on any device -------------------------------------------------------
 class _AllReduceBatchNorm:
-    """Mixin: in training under DDP, normalize with the mean and variance of the global batch
-    (summed over the ranks with a differentiable all-reduce, as ``torch.nn.SyncBatchNorm`` does on GPUs).
-
-    The sums are taken in float64, as one-process BatchNorm on a CPU accumulates its statistics in
-    double: in float32, ``var = Σx²/n − mean²`` cancels where a channel's mean is large against its
-    spread (an image's constant background), and the first DDP step already differed from the
-    one-process step by 1e-5 instead of 1e-7. This layer runs on CPUs only (``ddp_sim``; GPUs use
-    ``torch.nn.SyncBatchNorm``)."""
+    """Mixin: in training under DDP, normalize with the mean and variance of the global batch, computed
+    as one process's BatchNorm computes them (:mod:`tgp.sync_bn`), as ``torch.nn.SyncBatchNorm`` does on GPUs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from tgp.sync_bn import global_batch_norm
 
-        c, dims = x.shape[1], [0, *range(2, x.dim())]
-        wide = x.double()
-        count = torch.tensor([x.numel() / c], dtype=wide.dtype, device=x.device)
-        stats = all_reduce(torch.cat([wide.sum(dims), (wide * wide).sum(dims), count]))
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
-        mean, var, n = mean.to(x.dtype), var.to(x.dtype), n.to(x.dtype)
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1).clamp_min(1)), alpha=m)
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return global_batch_norm(self, x)
 
 
 class AllReduceBatchNorm1d(_AllReduceBatchNorm, nn.BatchNorm1d):
