@@ -158,3 +158,54 @@ def test_ddp_ranks_on_the_device_path_train_on_the_one_process_batches(tmp_path)
                  *extra], tmp_path / run, timeout=900)
     one, ddp = (tmp_path / d / "run" / "teacher" / "net.pt" for d in ("one1", "ddp1"))
     assert _max_diff(_weights(one), _weights(ddp)) <= 1e-5
+
+
+def _ddp_steps_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from tgp.training import AllReduceBatchNormSync
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        net = AllReduceBatchNormSync().apply(_float64_net())
+        _sgd_steps(torch.nn.parallel.DistributedDataParallel(net), rank)
+        if rank == 0:
+            torch.save(AllReduceBatchNormSync().revert(net).state_dict(), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _float64_net():
+    from tgp.models.registry import build_model
+
+    torch.manual_seed(0)
+    return build_model("resnet20", num_classes=10, width=4).double()
+
+
+def _sgd_steps(net, rank: int | None = None, steps: int = 3) -> None:
+    """SGD with momentum on batches of 16 32×32 images whose upper half is a constant background (the
+    case where float32 sums cancel); rank r of 2 takes its half of each batch."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for step in range(steps):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(16, 3, 32, 32, generator=g, dtype=torch.float64), torch.randint(0, 10, (16,), generator=g)
+        x[:, :, :16] = 0.0
+        if rank is not None:
+            x, y = x[rank * 8:(rank + 1) * 8], y[rank * 8:(rank + 1) * 8]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.slow  # two spawned interpreters import torch (~20 s on 2 cores)
+def test_the_global_batchnorm_makes_ddp_steps_the_one_process_steps_in_float64(tmp_path):
+    """In float64 (no rounding to hide behind) three SGD steps of a ResNet on 2 gloo ranks, each with half of
+    every batch, end where one process ends: the forward and backward of the synchronized BatchNorm
+    (tgp.sync_bn) are the full batch's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_steps_worker, args=(f"file://{tmp_path}/store", str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    one = _float64_net()
+    _sgd_steps(one)
+    ddp, ref = torch.load(tmp_path / "ddp.pt"), one.state_dict()
+    assert _max_diff(ref, ddp) <= 1e-12
