@@ -60,14 +60,25 @@ def test_epochs_differ_and_are_reproducible():
     assert all(torch.equal(p, q) for p, q in zip(ea1, [y for _, y in b]))  # same seed, same epoch, same batches
 
 
-def test_shards_cover_the_data_like_distributed_sampler(monkeypatch):
-    imgs = torch.zeros(23, 4, 4, 3, dtype=torch.uint8)
-    loader = DeviceLoader(imgs, torch.arange(23), batch_size=5, mean=(0, 0, 0), std=(1, 1, 1), shuffle=True)
-    shards = []
-    for rank in (0, 1):
-        monkeypatch.setattr(DeviceLoader, "_rank_world", staticmethod(lambda r=rank: (r, 2)))
-        shards.append(loader._indices(epoch=0).tolist())
-    assert len(shards[0]) == len(shards[1]) == 12 and set(shards[0]) | set(shards[1]) == set(range(23))
+def test_ranks_share_the_one_process_batches_pixel_for_pixel():
+    """Under DDP rank r takes the r-th half of each one-process batch, crops and flips included (the draws
+    are made for the whole global batch): the ranks together train on exactly the one-process batches."""
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (23, 6, 6, 3), dtype=torch.uint8, generator=g)
+
+    def make(batch, ranks=None, shuffle=True):
+        return DeviceLoader(imgs, torch.arange(23), batch_size=batch, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2),
+                            shuffle=shuffle, augment=shuffle, padding=2, seed=5, drop_last=shuffle,
+                            epoch_fn=lambda: 3, ranks=ranks)
+
+    one = list(make(8))
+    halves = [list(make(4, (rank, 2))) for rank in (0, 1)]
+    assert len(one) == len(halves[0]) == len(halves[1]) == 2  # 23 // 8 global batches, the rest dropped
+    for (x, y), (x0, y0), (x1, y1) in zip(one, *halves):
+        assert torch.equal(torch.cat([y0, y1]), y) and torch.equal(torch.cat([x0, x1]), x)
+    # evaluation: contiguous, unpadded shards, every sample once
+    shards = [torch.cat([y for _, y in make(5, (rank, 2), shuffle=False)]) for rank in (0, 1)]
+    assert torch.equal(torch.cat(shards), torch.arange(23)) and len(shards[0]) == 12
 
 
 def test_fit_through_lightning_with_the_device_path(cifar):

@@ -84,7 +84,7 @@ def test_wheel_ships_the_config_tree_and_the_console_scripts(wheel_env):
     assert refs and refs <= names, sorted(refs - names)
     assert not (ROOT / "tgp" / "conf").exists()  # no second copy in the source tree
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    for script in ("tgp-run", "tgp-eval", "tgp-report"):
+    for script in ("tgp-run", "tgp-eval", "tgp-report", "tgp-verify"):
         assert script in entry and (venv / "bin" / script).exists()
     where = _run([venv / "bin" / "python", "-c", "import tgp; print(tgp.__file__)"], cwd=venv)
     assert where.stdout.strip().startswith(str(venv)), where  # the wheel's copy, not the editable one

@@ -108,9 +108,16 @@ def test_report_files_table_plots_and_stdout(sweep, tmp_path, capsys):
     assert all((out / p).stat().st_size > 5000 for p in pngs)
 
 
-def test_report_tolerates_an_empty_folder(tmp_path, capsys):
-    assert report_main([str(tmp_path), "--references", "none"]) == 0
-    assert "(no finished job)" in capsys.readouterr().out
+def test_report_with_nothing_to_report_exits_2_and_writes_nothing(tmp_path, capsys):
+    assert report_main([str(tmp_path), "--references", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tgp-report: error: nothing to report in ") and "no job folder at all" in err, err
+    assert not list(tmp_path.iterdir())  # no empty report.md / report.csv
+    _failed(tmp_path, "snip-s0.5-seed0", "tgp: error: method.name='snip': this method is not implemented yet.\n")
+    assert report_main([str(tmp_path), "--references", "none"]) == 2
+    out, err = capsys.readouterr()
+    assert "no finished job (0 done, 1 failed" in err and "failed: snip" in out, (out, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snip-s0.5-seed0"]
     assert report_main([str(tmp_path / "nope")]) == 2
 
 

@@ -62,10 +62,11 @@ def test_two_job_sweep_gives_two_job_folders(sweeps):
 
 def test_failing_job_is_recorded_and_the_sweep_goes_on(sweeps):
     proc = sweeps["failing"]
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 2, proc.stderr[-4000:]  # after every job ran: the failed job's class (a setting)
     jobs = {("1.5" in j.name): j for j in job_dirs(sweeps["log_dir"] / "sweeps" / "failing")}
     assert len(jobs) == 2
     bad, good = jobs[True], jobs[False]
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("  failed [2] #") and str(bad / "error.txt") in proc.stderr
     assert (good / "metrics.json").exists() and not (good / "error.txt").exists()
     assert (bad / "error.txt").exists() and not (bad / "metrics.json").exists()
     assert "pruning.sparsity" in (bad / "error.txt").read_text()

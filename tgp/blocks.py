@@ -34,13 +34,21 @@ from tgp.training.weights import load_net_weights
 
 log = logging.getLogger("tgp")
 
+def batch_confidence(cfg: DictConfig) -> bool:
+    """Whether the KD loss's β is each batch's mean teacher confidence (``distill.confidence=batch``): a
+    per-rank batch under DDP, so the fit's result depends on the number of processes."""
+    d = cfg.distill
+    return str(d.kind) == "ca_kld" and str(d.confidence) == "batch" and float(d.kd_weight) > 0
+
+
 INIT = StageKind("init", reads=("model",))
 TEACHER = StageKind("teacher", reads=("teacher",))
-KD_PRETRAIN = StageKind("kd_pretrain", reads=("model", "distill", "kd_pretrain"))
+KD_PRETRAIN = StageKind("kd_pretrain", reads=("model", "distill", "kd_pretrain"), per_process=batch_confidence)
 # version 2: pruning.sanity variants; the teacher scores in eval mode also when kd_pretrain was skipped
 ONE_SHOT_PRUNE = StageKind("prune", reads=("model", "pruning", "method", "distill"), version=2)
 # version 2: reads pruning.sanity (reinit starts from a fresh initialization)
-RETRAIN = StageKind("retrain", reads=("model", "retrain", "distill", "pruning.sanity"), version=2)
+RETRAIN = StageKind("retrain", reads=("model", "retrain", "distill", "pruning.sanity"), version=2,
+                    per_process=lambda cfg: bool(cfg.retrain.kd) and batch_confidence(cfg))
 # The student's dense training from its seeded initialization (or fine-tuning from pretrained weights):
 # method.dense_epochs at method.dense_lr. Declared by SDP first (hence its name, kept so stored stages
 # stay valid); the dense method reads the same settings and shares the stage with SDP in the stage store.

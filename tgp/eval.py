@@ -21,8 +21,10 @@ for the weights as they are (with their zeros) against the same network with the
 Both run the same dense kernels: unstructured zeros do not make dense kernels faster, so the two
 columns agree up to noise. The FLOPs ratio is what a sparse kernel could at best gain.
 
-Errors (no such file, a checkpoint that does not fit the model, missing data) are one paragraph on
-stderr and exit code 2, like ``tgp-run``.
+Before anything is loaded, the weights and the mask are checked against the sizes and SHA-256 hashes
+their stage (``result.json``) or run (``metrics.json``) recorded (:mod:`tgp.integrity`). Errors (no
+such file, a damaged file, a checkpoint that does not fit the model, missing data) are one paragraph
+on stderr and exit code 2, like ``tgp-run``.
 """
 
 from __future__ import annotations
@@ -163,6 +165,23 @@ def resolve_input(path: str, overrides: list[str], mask_path: str | None = None)
             "mask_path": Path(mask_path) if mask_path else None, "run_dir": None}
 
 
+def verify_inputs(src: dict) -> None:
+    """Refuse weights or a mask that no longer match their records (:mod:`tgp.integrity`): one
+    paragraph naming the file, exit code 2, instead of a traceback or a number from damaged weights."""
+    from tgp.errors import DamagedArtifactError
+    from tgp.integrity import file_problem
+
+    for file in (src["weights"], src.get("mask_path")):
+        if file is None or not Path(file).exists():
+            continue
+        problem = file_problem(Path(file))
+        if problem:
+            raise DamagedArtifactError(
+                file, problem, "re-run the command that wrote it: tgp-run sets a damaged stage aside and computes it "
+                "again (finished stages are reused), then evaluate again; `tgp-verify <run dir or stage store>` lists "
+                "every damaged file.")
+
+
 # -- measurements ----------------------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -258,6 +277,7 @@ def evaluate(path: str, overrides: list[str] = (), *, mask_path: str | None = No
     from tgp.training import Training, load_net_weights
 
     src = resolve_input(path, list(overrides), mask_path)
+    verify_inputs(src)
     cfg = src["cfg"]
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():

@@ -6,7 +6,8 @@ The run-directory contract (users and scripts read it)::
                                          once the job's settings passed their checks: tgp.run)
     <run_dir>/config.yaml                resolved config
     <run_dir>/<stage>/                   one folder per stage (a link into paths.stage_store)
-        result.json                      written last: the stage is done (kind, version, key, seconds, attempts)
+        result.json                      written last: the stage is done (kind, version, key, seconds, attempts,
+                                         files: the size and SHA-256 of every file it wrote; tgp.integrity)
         attempts.json                    one entry per start of the stage (seconds, status)
         last.ckpt, best.ckpt, net.pt     Lightning checkpoints (masks inside once pruned), plain weights
         metrics.csv                      every epoch's logged metrics, exactly once across resumes
@@ -17,7 +18,9 @@ The run-directory contract (users and scripts read it)::
                                          of the stage metrics.json names as `mask_stage` (whose
                                          sparsity_report.json has the per-layer and global counts)
     <run_dir>/metrics.json               one flat row (see tgp.measure.summary.metrics_row), with
-                                         `net_stage` and `mask_stage`
+                                         `net_stage` and `mask_stage`, and the size and SHA-256 of
+                                         student_sparse.pt and mask.pt (student_sparse_size, _sha256,
+                                         mask_size, mask_sha256)
 
 Runs written before ``<run_dir>/mask.pt`` existed have the final mask in ``prune/mask.pt`` only
 (:func:`tgp.pruning.mask.final_mask_path` reads both).
@@ -36,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from tgp.errors import ConfigError, TGPError
+from tgp.integrity import run_file_record
 from tgp.io import atomic_save_json, atomic_torch_save, atomic_write_bytes
 from tgp.job import Job
 from tgp.logs import FILE_ONLY, configure_console
@@ -133,6 +137,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, prepared: PreparedJob | N
     row = metrics_row(cfg, spec, job, outputs.net_stage, net, mask)
     row.update(net_stage=outputs.net_stage, mask_stage=outputs.mask_stage)
     row["run_dir"] = str(run_dir)
+    # What tgp-eval, tgp-report and tgp-verify check the run's own files against
+    row.update(run_file_record(run_dir / "student_sparse.pt"), **run_file_record(run_dir / MASK_FILE))
     row["status"] = "ok"
     atomic_save_json(row, run_dir / "metrics.json")
     table = summary_table(row, run_dir)

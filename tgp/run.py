@@ -14,7 +14,8 @@ that change results, so ``data.num_workers=-1`` lands in the folder of the run w
 (:func:`write_hydra_files`), ``run.log`` is opened by its first line (``delay``) and the lines logged
 while the job is checked are held back until then (:func:`tgp.logs.held_file_logs`). In a multirun a
 refused job whose folder holds no finished run gets its ``error.txt`` and the sweep goes on; a job
-that fails later has its error written to its folder likewise.
+that fails later has its error written to its folder likewise. Once every job has run, the sweep
+exits with the worst of its jobs' exit codes, its last lines naming each failed job (:mod:`tgp.exits`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tgp.checks import precheck
 from tgp.checks.hardware import check_launch  # noqa: F401 - tgp.run.check_launch, as before
 from tgp.errors import TGPError
+from tgp.exits import CRASH, JobFailure, error_file, error_summary, record_failure, sweep_report, take_failures, worst
 from tgp.naming import register_resolvers
 from tgp.resources import CONFIG_DIR
 
@@ -66,7 +68,10 @@ def write_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def main() -> float | None:
-    """``tgp-run`` / ``python -m tgp.run``: refuse bad settings (one paragraph, exit 2), then run Hydra."""
+    """``tgp-run`` / ``python -m tgp.run``: refuse bad settings (one paragraph, exit 2), then run Hydra.
+
+    Exit codes: :mod:`tgp.exits`. A multirun runs every job, then exits with the worst of its jobs'
+    codes, its last lines naming each failed job and its ``error.txt``."""
     try:
         precheck(sys.argv[1:], cluster=True)
     except TGPError as e:  # nothing has been created yet
@@ -74,7 +79,20 @@ def main() -> float | None:
         sys.exit(e.exit_code)
     except Exception:  # noqa: BLE001 - a command line the precheck does not understand: Hydra judges it alone
         pass
-    return hydra_main()
+    code = None
+    try:
+        value = hydra_main()
+    except SystemExit as e:  # Hydra's own exit (its error printed), a stopped sweep or job, a refusal
+        code = e.code if isinstance(e.code, int) else (1 if e.code else 0)
+    failures = take_failures()  # the jobs of a multirun that failed (in this process or a launcher's)
+    if failures:
+        if code == 1:  # Hydra's sweeper re-raised the first failed job's result (hydra/launcher=node): not a crash
+            code = None
+        print(sweep_report(failures), file=sys.stderr, flush=True)
+        sys.exit(worst([*(f.code for f in failures), code or 0]))
+    if code is not None:
+        sys.exit(code)
+    return value
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -106,6 +124,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             with wandb_job(cfg, run_dir) as outcome:
                 outcome["error"] = message
             log.error("job refused, sweep continues: %s", e)
+            _sweep_job_failed(run_dir, e.exit_code, message)
             return None
     write_hydra_files(cfg, run_dir)
     from tgp.logging_wandb import wandb_job
@@ -117,22 +136,33 @@ def hydra_main(cfg: DictConfig) -> float | None:
             outcome["row"] = row
             (run_dir / "error.txt").unlink(missing_ok=True)
             return objective(row)
-        except TGPError as e:
-            message = f"tgp: error: {e}"
+        except Exception as e:
+            from tgp.io import disk_full_error
+
+            told = e if isinstance(e, TGPError) else disk_full_error(e, run_dir)  # a full disk: one paragraph too
+            if told is None:
+                return _crashed(run_dir, outcome, multirun)
+            message = f"tgp: error: {told}"
             outcome["error"] = message
             _record_failure(run_dir, message)
             if multirun:
-                log.error("job failed, sweep continues: %s", e)
+                log.error("job failed, sweep continues: %s", told)
+                _sweep_job_failed(run_dir, told.exit_code, message)
                 return None
             print(message, file=sys.stderr, flush=True)
-            sys.exit(e.exit_code)
-        except Exception:
-            outcome["error"] = traceback.format_exc()
-            _record_failure(run_dir, outcome["error"])
-            if multirun:
-                log.exception("job failed, sweep continues (error in %s)", run_dir / "error.txt")
-                return None
-            raise
+            sys.exit(told.exit_code)
+
+
+def _crashed(run_dir: Path, outcome: dict, multirun: bool) -> None:
+    """A bug: its traceback into ``error.txt``; in a multirun the sweep goes on, else it is raised
+    (called from the ``except`` block: the bare ``raise`` re-raises the exception being handled)."""
+    outcome["error"] = traceback.format_exc()
+    _record_failure(run_dir, outcome["error"])
+    if multirun:
+        log.exception("job failed, sweep continues (error in %s)", run_dir / "error.txt")
+        _sweep_job_failed(run_dir, CRASH, outcome["error"])
+        return None
+    raise
 
 
 def objective(row: dict) -> float | None:
@@ -210,6 +240,13 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()  # only an empty folder: the one Hydra created for this job
     except OSError:
         pass
+
+
+def _sweep_job_failed(run_dir: Path, code: int, text: str) -> None:
+    """Record a failed multirun job for the sweep's exit code and last lines (:mod:`tgp.exits`)."""
+    hc = HydraConfig.get()
+    job = f"#{hc.job.num} {' '.join(hc.overrides.task)}"
+    record_failure(JobFailure(job, int(code), error_file(run_dir), error_summary(text)))
 
 
 def _record_failure(run_dir: Path, text: str) -> None:

@@ -1,8 +1,10 @@
 """Stages: restartable, content-addressed units of work — addressing, locking, skipping, ``stop_after``.
 
 A stage writes its artifacts to one folder and finishes by writing ``result.json`` there
-(atomically). A stage whose ``result.json`` exists is skipped; one that was interrupted resumes
-(see :mod:`tgp.training`). Nothing here builds a Trainer.
+(atomically), with the size and SHA-256 of every file it wrote. A stage whose ``result.json``
+exists is reused once those files verify; a damaged one is set aside and computed again, and one
+that was interrupted resumes (see :mod:`tgp.integrity`, :mod:`tgp.training`). Nothing here builds
+a Trainer.
 
 **Identity by construction.** Every stage is an instance of a :class:`StageKind`, declared once
 as a module constant: its name, the config nodes it ``reads`` and a ``version``. The stage's
@@ -27,13 +29,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tgp.io import atomic_save_json, read_json
+from tgp.integrity import check_stage, record_files, resumable, salvage, set_aside
+from tgp.io import atomic_save_json, disk_full_error, read_json, remove_partial_files
 from tgp.logs import DETAIL
 from tgp.naming import INFRA_KEYS
 
@@ -60,6 +63,10 @@ class StageKind:
     reads: tuple[str, ...] = ()
     version: int = 1
     folder: str | None = None
+    # (config) -> whether the stage's result depends on the number of DDP processes (per-rank state or
+    # randomness the global batches cannot make equal): then a world size above 1 joins its key, so a
+    # store never hands one variant to a job that asked for the other. It may read only ``reads``.
+    per_process: Callable[[DictConfig], bool] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         known = KINDS.setdefault(self.name, self)
@@ -88,11 +95,33 @@ def _picked(cfg: DictConfig, nodes) -> dict:
     return picked
 
 
+def _draws_per_rank(cfg: DictConfig, kind: StageKind) -> bool:
+    """Whether a network the stage reads draws random numbers in its training forward that DDP draws per
+    rank: a Transformer's dropout (its config names a ``tokenizer``; the image networks have no dropout).
+    :class:`~tgp.training.EpochSeed` seeds each rank apart, so such a stage cannot equal its one-process
+    run and its key takes the world size (the same rule as a kind's own ``per_process``)."""
+    for node in ("model", "teacher"):
+        if node in kind.reads:
+            value = OmegaConf.select(cfg, node, default=None)
+            net = value.get("net", value) if isinstance(value, DictConfig) and node == "teacher" else value
+            if isinstance(net, DictConfig) and "tokenizer" in net:
+                return True
+    return False
+
+
 def stage_key(cfg: DictConfig, kind: StageKind, parent: str | None = None, name: str | None = None) -> str:
     """Hash of the resolved nodes ``kind`` reads (minus infrastructure keys), its name and version,
-    the stage's folder ``name`` (a round, a half) and the ``parent`` stage's key."""
-    blob = json.dumps({"kind": kind.name, "version": kind.version, "name": name or kind.folder_name, "parent": parent,
-                       "nodes": _picked(cfg, kind.nodes)}, sort_keys=True, default=str)
+    the stage's folder ``name`` (a round, a half) and the ``parent`` stage's key; and the world size
+    when the kind is ``per_process`` for this config and runs on more than one process."""
+    identity = {"kind": kind.name, "version": kind.version, "name": name or kind.folder_name, "parent": parent,
+                "nodes": _picked(cfg, kind.nodes)}
+    if (kind.per_process is not None and kind.per_process(cfg)) or _draws_per_rank(cfg, kind):
+        from tgp.checks import world_size
+
+        world = world_size(cfg)
+        if world > 1:  # one-process keys stay what they were
+            identity["world_size"] = world
+    blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -186,7 +215,7 @@ class Attempts:
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / "attempts.json"
-        self.entries: list[dict] = read_json(self.path) if self.path.exists() else []
+        self.entries: list[dict] = self._read() or []
         for e in self.entries:
             if e.get("status") == "running":
                 e["status"] = "killed"
@@ -195,10 +224,24 @@ class Attempts:
                              "seconds": 0.0, "status": "running"})
         self._write()
 
+    def _read(self) -> list[dict] | None:
+        """The entries on disk; None when there are none or they are unreadable (a damaged attempt log
+        is started anew: it records time, never results)."""
+        try:
+            entries = read_json(self.path)
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return entries if isinstance(entries, list) and all(isinstance(e, dict) for e in entries) else None
+
     def _write(self) -> None:
         atomic_save_json(self.entries, self.path)
 
     def tick(self, **info) -> None:
+        # What another process recorded for this attempt meanwhile (a ddp_spawn rank's epochs and
+        # checkpoint records) is kept; this process's own fields are newer.
+        disk = self._read()
+        if disk is not None and len(disk) == len(self.entries):
+            self.entries[-1] = {**self.entries[-1], **disk[-1]}
         self.entries[-1].update(seconds=time.perf_counter() - self._start, **info)
         self._write()
 
@@ -240,6 +283,30 @@ class StageRunner:
     def key(self, kind: StageKind, parent: str | None = None, name: str | None = None) -> str:
         return stage_key(self.cfg, kind, self.keys[parent] if parent else None, name)
 
+    def _verified(self, name: str, folder: Path) -> dict | None:
+        """The result of the finished stage in ``folder`` once every file it recorded verifies, else
+        None (the stage runs). A damaged folder is set aside (one line says which file and why) and
+        the stage starts again in a fresh one — from its checkpoint when that verifies
+        (:mod:`tgp.integrity`); so does an unfinished stage whose ``last.ckpt`` is damaged."""
+        if not folder.is_dir():
+            return None
+        check = check_stage(folder)
+        if check.status == "ok":
+            log.debug("stage %s: verified %d files (%.1f MB)", name, len(check.result["files"]), check.hashed / 1e6)
+            return check.result
+        if not check.damaged:
+            return None  # unfinished: the stage resumes from its (verified) last.ckpt, or starts
+        resume, finished = resumable(check), (folder / "result.json").exists()
+        aside = set_aside(folder)
+        if resume:
+            salvage(aside, folder)
+            then = "resuming from its verified last.ckpt"
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            then = "computing it again" if finished else "starting it afresh"
+        log.warning("stage %s: damaged: %s; set aside as %s, %s", name, check.describe(), _shown(aside), then)
+        return None
+
     def run(self, kind: StageKind, fn: Callable[[Path, DictConfig], dict], parent: str | None = None,
             name: str | None = None) -> dict:
         """Run ``fn(stage_dir, view) -> result`` unless ``result.json`` says it already ran.
@@ -266,8 +333,9 @@ class StageRunner:
 
         with file_lock(lock, on_wait, holder=f"job {self.run_dir.name} (pid {os.getpid()})"):
             wait_note = f" after waiting {time.perf_counter() - waited[0]:.1f} s for another job" if waited else ""
-            if done.exists():
-                computed = read_json(done).get("seconds")
+            reused = self._verified(name, folder)
+            if reused is not None:
+                computed = reused.get("seconds")
                 took = f"computed earlier in {_duration(computed)}; " if computed is not None else ""
                 log.info("stage %s: reused%s (%s%s)", name, wait_note, took, _shown(folder))
                 self.skipped.append(name)
@@ -279,7 +347,16 @@ class StageRunner:
                 try:
                     result = fn(folder, self.view)
                 except BaseException as e:
-                    self.attempt.finish("preempted" if isinstance(e, SystemExit) else "failed")
+                    full = disk_full_error(e, folder) if isinstance(e, Exception) else None
+                    if full is not None:  # make room to record the failure: what was half-written is useless
+                        remove_partial_files(folder)
+                    try:
+                        self.attempt.finish("preempted" if isinstance(e, SystemExit) else "failed")
+                    except OSError as record_error:
+                        log.warning("stage %s: could not mark the attempt failed in %s (%s)", name,
+                                    _shown(self.attempt.path), record_error)
+                    if full is not None and full is not e:
+                        raise full from None  # one paragraph instead of the chain of tracebacks
                     raise
                 finally:
                     self.view = None
@@ -291,8 +368,10 @@ class StageRunner:
                 result.update(kind=kind.name, version=kind.version, key=key, parent=self.keys.get(parent),
                               seconds=self.attempt.seconds, attempts=self.attempt.entries)
                 self.attempt = None
+                result["files"] = record_files(folder)  # last: the size and hash of every file it wrote
                 atomic_save_json(result, done)
-        self.results[name] = read_json(done)
+                reused = read_json(done)
+        self.results[name] = reused
         if OmegaConf.select(self.cfg, "stop_after") == name:
             raise StopPipeline(name)
         return self.results[name]

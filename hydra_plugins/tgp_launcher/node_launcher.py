@@ -10,8 +10,10 @@ every job is pickled and run by ``python -m submitit.core._submit`` in a fresh p
 * one console line per job start and end (with its slot), and the jobs' own console lines relayed
   with a ``[#<job> slot <k>]`` prefix (``show_output``), so a job waiting on another's stage lock says
   so in the launcher's output as well as in its own ``run.log``;
-* a job that dies without a result (killed, ``sys.exit``) is a failed ``JobReturn`` like a job that
-  raised: the other jobs go on, and Hydra reports the failures once all jobs ended;
+* a job that fails (tgp records the failure and writes its ``error.txt``), raises or dies without a
+  result (killed, ``sys.exit``) is a failed ``JobReturn``, logged ``#<job> failed``: the other jobs go
+  on, and once all ended ``tgp-run`` lists the failed jobs and exits with the worst of their codes
+  (:mod:`tgp.exits`);
 * Ctrl-C or SIGTERM of the launcher stops every running job: SIGINT to the job's whole process group
   (controller, job, the job's own DDP workers; submitit's job process ignores SIGTERM on purpose),
   SIGKILL to what is left after ``stop_grace_s``; a launcher killed outright takes its jobs with it
@@ -75,8 +77,16 @@ class NodeLauncher(Launcher):
         with open_dict(sweep_config.hydra.job) as job:
             job.id = job_id
             job.num = job_num
-        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
-                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                      job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        # tgp's task catches a job's error (writing its error.txt) so that a sweep goes on, and records
+        # it: it goes back to the launcher as a failed result, never as a finished one.
+        from tgp.exits import JobFailed, take_failures
+
+        failures = take_failures()
+        if failures and ret.status != JobStatus.FAILED:
+            ret.status, ret.return_value = JobStatus.FAILED, JobFailed(failures[-1])
+        return ret
 
     # -- in the launcher's process ----------------------------------------------------------------
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -188,13 +198,27 @@ class _Running:
             log_file = self.job.paths.stderr if _tail(self.job.paths.stderr) else self.job.paths.stdout
             reason = (f"its process ended without a result (killed, or it exited); the last lines of {log_file}:\n"
                       f"{_tail(log_file) or '(nothing)'}")
+        from tgp.exits import CRASH, JobFailed, JobFailure, error_summary, record_failure
+
+        job = f"#{self.idx} {' '.join(filter_overrides(self.overrides))}"
         if ret is None:
             log.error("#%d failed after %s (%s): %s", self.idx, took, self.slot.describe(), reason.splitlines()[0])
+            code = self.job._process.poll()
+            code = 128 - code if code is not None and code < 0 else (code or CRASH)  # -n: killed by signal n
+            failure = JobFailure(job, code, str(self.job.paths.stderr), reason.splitlines()[0])
             ret = JobReturn(overrides=self.overrides, status=JobStatus.FAILED)
-            ret.return_value = RuntimeError(f"job #{self.idx} ({' '.join(self.overrides)}) failed: {reason}")
+            ret.return_value = JobFailed(failure)
+            record_failure(failure)  # for the sweep's exit code and last lines (tgp.run.main)
             return ret
         if ret.status == JobStatus.FAILED:
-            log.error("#%d failed after %s (%s): %r", self.idx, took, self.slot.describe(), ret._return_value)
+            failed = ret._return_value
+            if isinstance(failed, JobFailed):  # tgp's job: its error is in its error.txt
+                failure = failed.failure
+                log.error("#%d failed after %s (%s): %s", self.idx, took, self.slot.describe(), failure.summary)
+            else:
+                failure = JobFailure(job, CRASH, str(self.job.paths.stderr), error_summary(f"{type(failed).__name__}: {failed}"))
+                log.error("#%d failed after %s (%s): %r", self.idx, took, self.slot.describe(), failed)
+            record_failure(failure)
         else:
             log.info("#%d finished in %s (%s)", self.idx, took, self.slot.describe())
         return ret

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tgp.data.global_batches import GlobalBatchSampler, RankShard, running_ranks
 from tgp.errors import ConfigError
 
 LOADERS = ("torch", "device")
@@ -332,9 +333,14 @@ class ClassificationDataModule(L.LightningDataModule):
         self._require_setup()
         drop_last = len(self.data_train) > self.batch_size
         batch = self.rank_batch_size
-        if self.world_size > 1:  # Lightning swaps in a DistributedSampler, seeded by epoch
-            return self._loader(self.data_train, batch, shuffle=True, drop_last=drop_last)
         sampler = EpochSampler(len(self.data_train), self.shuffle_seed)
+        rank, world = running_ranks(getattr(self, "trainer", None))
+        if world > 1:  # each rank its share of the one-process batches (tgp.data.global_batches)
+            return DataLoader(
+                self.data_train, batch_sampler=GlobalBatchSampler(sampler, self.batch_size, rank, world, drop_last),
+                num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+                collate_fn=self.collate_fn,
+            )
         return DataLoader(
             self.data_train, batch_size=batch, sampler=sampler, drop_last=drop_last, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.persistent_workers, collate_fn=self.collate_fn,
@@ -344,13 +350,22 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.loader == "device":
             return self._device_loader("val")
         self._require_setup()
-        return self._loader(self.data_val, self.rank_eval_batch_size, shuffle=False)
+        return self._eval_loader(self.data_val)
 
     def test_dataloader(self):
         if self.loader == "device":
             return self._device_loader("test")
         self._require_setup()
-        return self._loader(self.data_test, self.rank_eval_batch_size, shuffle=False)
+        return self._eval_loader(self.data_test)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """An evaluation split in order; under a running DDP Trainer, this rank's contiguous unpadded shard."""
+        rank, world = running_ranks(getattr(self, "trainer", None))
+        if world == 1:
+            return self._loader(dataset, self.rank_eval_batch_size, shuffle=False)
+        return DataLoader(dataset, batch_size=self.rank_eval_batch_size, sampler=RankShard(len(dataset), rank, world),
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers, collate_fn=self.collate_fn)
 
     def score_dataloader(self, batch_size: int | None = None) -> DataLoader:
         """Train subset without augmentation, in a fixed (``score_seed``) shuffled order."""

@@ -21,13 +21,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from tgp.data.global_batches import rank_share
+
 
 class DeviceLoader:
     """Iterable of ``(x, y)`` batches built on ``device`` from ``images`` (``uint8 [N, H, W, C]``).
 
     * ``shuffle``: a new permutation every epoch, seeded by ``(seed, epoch)``; the same on
-      every rank, so under DDP each rank takes its own share (``perm[rank::world]``, padded like
-      ``DistributedSampler`` so all ranks run the same number of batches).
+      every rank. Under DDP (``ranks=(rank, world)``) the one-process batches of ``batch_size · world``
+      samples are the global batches and each rank takes its contiguous share of each, crops and
+      flips drawn for the whole global batch (:mod:`tgp.data.global_batches`): the ranks together see
+      exactly the one-process batches. Unshuffled (evaluation) splits are sharded contiguously,
+      unpadded: every sample once.
+    * ``ranks``: ``(rank, world)`` of this process (default: those of the initialized process group).
     * ``epoch_fn``: the epoch to seed with (e.g. the trainer's current epoch, so a resumed run
       draws the epochs it had not drawn yet); by default, the count of ``__iter__`` calls.
     * ``batch_sampler``: the index lists of the batches instead (a self-distillation regime's
@@ -54,10 +60,11 @@ class DeviceLoader:
         epoch_fn: Callable[[], int] | None = None,
         batch_sampler: Iterable[Sequence[int]] | None = None,
         with_index: bool = False,
+        ranks: tuple[int, int] | None = None,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("DeviceLoader expects uint8 images shaped [N, H, W, C]")
-        self.batch_sampler, self.with_index = batch_sampler, bool(with_index)
+        self.batch_sampler, self.with_index, self.ranks = batch_sampler, bool(with_index), ranks
         self.device = torch.device(device)
         self.labels = labels.to(self.device, torch.long)
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
@@ -82,65 +89,78 @@ class DeviceLoader:
         self.shift = (-torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(shape)
 
     # -- sharding ---------------------------------------------------------------------------
-    @staticmethod
-    def _rank_world() -> tuple[int, int]:
+    def _rank_world(self) -> tuple[int, int]:
+        if self.ranks is not None:
+            return int(self.ranks[0]), int(self.ranks[1])
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
     def _indices(self, epoch: int) -> Tensor:
+        """The epoch's order of the split (training: a seeded permutation; evaluation: this rank's
+        contiguous shard)."""
         n = self.labels.shape[0]
         if self.shuffle:
             gen = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        rank, world = self._rank_world()
-        if world > 1:
-            total = -(-n // world) * world
-            order = torch.cat([order, order[: total - n]])[rank::world]
-        return order.to(self.device)
+            return torch.randperm(n, generator=gen).to(self.device)
+        start, stop = rank_share(n, *self._rank_world())
+        return torch.arange(start, stop).to(self.device)
 
     def __len__(self) -> int:
         if self.batch_sampler is not None:
             return len(self.batch_sampler)
-        n = -(-self.labels.shape[0] // self._rank_world()[1])
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, (rank, world) = self.labels.shape[0], self._rank_world()
+        if self.shuffle:  # global batches of batch_size · world
+            n, size = n, self.batch_size * world
+        else:
+            start, stop = rank_share(n, rank, world)
+            n, size = stop - start, self.batch_size
+        return n // size if self.drop_last else -(-n // size)
 
     # -- batches ----------------------------------------------------------------------------
-    def _augment(self, idx: Tensor, gen: torch.Generator) -> Tensor:
-        """Images ``idx``, each randomly cropped back to ``size`` from its padded copy and (with
-        ``flip``) randomly flipped horizontally: ``uint8 [B, C, H, W]`` (a view order over NHWC memory)."""
-        b, (h, w), p = idx.shape[0], self.size, self.padding
-        off_y = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=gen)
-        off_x = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=gen)
-        source = idx
+    def _augment(self, batch: Tensor, gen: torch.Generator, start: int = 0, stop: int | None = None) -> Tensor:
+        """Images ``batch[start:stop]``, each randomly cropped back to ``size`` from its padded copy and
+        (with ``flip``) randomly flipped horizontally: ``uint8 [B, C, H, W]`` (a view order over NHWC
+        memory). The draws are made for all of ``batch`` (a global batch under DDP), the images gathered
+        for the slice only."""
+        b, (h, w), p = batch.shape[0], self.size, self.padding
+        off_y = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=gen)[start:stop]
+        off_x = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=gen)[start:stop]
+        idx = source = batch[start:stop]
         if self.flip:
-            flip = torch.rand(b, device=self.device, generator=gen) < 0.5
+            flip = (torch.rand(b, device=self.device, generator=gen) < 0.5)[start:stop]
             source = torch.where(flip, idx + self.labels.shape[0], idx)  # the mirror image of a flipped sample
             off_x = torch.where(flip, 2 * p - off_x, off_x)
         windows = self.images.unfold(1, h, 1).unfold(2, w, 1)  # a view [2N, 2p+1, 2p+1, C, H, W]: every crop
         return windows[source, off_y, off_x]
 
-    def _batches(self, epoch: int) -> Iterator[Tensor]:
+    def _batches(self, epoch: int) -> Iterator[tuple[Tensor, int, int]]:
+        """``(batch, start, stop)``: a batch of indices (under DDP, a training batch is the global one)
+        and this rank's share of it, ``batch[start:stop]``."""
         if self.batch_sampler is not None:
             if self._rank_world()[1] > 1:
                 raise ValueError("DeviceLoader: a batch_sampler is served in one process only")
             for batch in self.batch_sampler:  # drawn on the host (its RNG), a few hundred indices per batch
-                yield torch.as_tensor(batch, dtype=torch.long).to(self.device, non_blocking=True)
+                idx = torch.as_tensor(batch, dtype=torch.long).to(self.device, non_blocking=True)
+                yield idx, 0, len(batch)
             return
         order = self._indices(epoch)
-        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
-            yield order[start : start + self.batch_size]
+        rank, world = self._rank_world()
+        size = self.batch_size * world if self.shuffle else self.batch_size
+        stop = len(order) - len(order) % size if self.drop_last else len(order)
+        for first in range(0, stop, size):
+            batch = order[first : first + size]
+            start, end = rank_share(len(batch), rank, world) if self.shuffle else (0, len(batch))
+            yield batch, start, end
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._epoch
         self._epoch += 1
         gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch + 1)
-        for idx in self._batches(epoch):
-            if self.augment:
-                x = self._augment(idx, gen)
+        for batch, start, stop in self._batches(epoch):
+            idx = batch[start:stop]
+            if self.augment:  # drawn for the whole (global) batch, so every rank draws what one process draws
+                x = self._augment(batch, gen, start, stop)
             else:
                 x = self.images.index_select(0, idx).permute(0, 3, 1, 2)
             # uint8 → float in the layout the model takes (NCHW memory is the NHWC view made contiguous

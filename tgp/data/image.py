@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from tgp.data.base import ClassificationDataModule
 from tgp.data.device_loader import DeviceLoader
+from tgp.data.global_batches import running_ranks
 
 
 class TransformedSubset(Dataset):
@@ -145,5 +146,6 @@ class ImageClassificationDataModule(ClassificationDataModule):
             mean=self.mean, std=self.std, device=device, shuffle=train,
             drop_last=train and len(labels) > self.batch_size, augment=train and self.augment,
             padding=self.crop_padding, seed=self.shuffle_seed, channels_last=device.type == "cuda",
-            epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None, **kw,
+            epoch_fn=(lambda: trainer.current_epoch) if train and trainer is not None else None,
+            ranks=running_ranks(trainer), **kw,
         )

@@ -44,8 +44,12 @@ from tgp.training.cost import TrainingCost, stage_training_flops
 BUDGET_NODES = ("model", "retrain.epochs", "retrain.lr", "method")
 AT_INIT_PRUNE = StageKind("at_init_prune", folder="prune", reads=("model", "pruning", "method"))
 SNIP_RETRAIN = StageKind("snip_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=3)
-EPSD_WARMUP = StageKind("epsd_warmup", folder="warmup", reads=("model", "kd_pretrain.lr", "method"), version=2)
-EPSD_RETRAIN = StageKind("epsd_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=3)
+# The SD regimes keep per-sample state and draw their batches per process: were they ever run under DDP
+# (refused today, see check_epsd), the world size would be part of their stages' keys.
+EPSD_WARMUP = StageKind("epsd_warmup", folder="warmup", reads=("model", "kd_pretrain.lr", "method"), version=2,
+                        per_process=lambda cfg: True)
+EPSD_RETRAIN = StageKind("epsd_retrain", folder="retrain", reads=(*BUDGET_NODES, "pruning.sanity"), version=3,
+                         per_process=lambda cfg: True)
 
 
 # Schemas of method.* (types only; the values and their provenance: conf/method/snip.yaml, epsd.yaml).

@@ -1,7 +1,8 @@
 """``tgp-report SWEEP_DIR`` (or ``python -m tgp.report SWEEP_DIR``): tables and plots of a sweep.
 
 Reads every job's ``metrics.json`` under SWEEP_DIR (recursively; jobs with only an ``error.txt``
-are listed as failed with their error) and writes, into ``--out`` (default: SWEEP_DIR):
+are listed as failed with their error, finished jobs whose files no longer match their records —
+:mod:`tgp.integrity` — as damaged) and writes, into ``--out`` (default: SWEEP_DIR):
 
 - ``report.md``   per method (+ sanity-check variant) × dataset × model × target sparsity × retrain KD:
                   mean ± std, 95 % CI and n over seeds, the paired difference to ``--reference``
@@ -18,6 +19,9 @@ sweeps get, besides the score table per kind of score: the GLUE score per (metho
 retrain KD) over the GLUE tasks present (named so: a partial set is never called the GLUE score), the
 official metrics of tasks with more than one, and XGLUE's per-language rows with their average — at
 ``--checkpoint`` (best-val by default).
+
+Exit codes: 0 a report was written; 2 nothing to report (no such folder, or no finished job in it:
+nothing is written).
 
 ``--wandb`` also logs a comparison run (the table with its intervals and the plots) to W&B.
 """
@@ -83,14 +87,18 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: no such folder. Fix: pass a sweep folder, e.g. outputs/sweeps/<name>.")
     out = Path(out) if out else sweep_dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = find_jobs(sweep_dirs[0])
+    verified: dict = {}  # stage folders shared by jobs are checked once
+    jobs = find_jobs(sweep_dirs[0], verified)
     for d in sweep_dirs[1:]:
-        more = find_jobs(d)
+        more = find_jobs(d, verified)
         jobs.ok += more.ok
         jobs.failed += more.failed
         jobs.incomplete += more.incomplete
         jobs.missing += more.missing
+        jobs.damaged += more.damaged
+    if not jobs.ok:
+        raise NothingToReport(sweep_dirs, jobs)
+    out.mkdir(parents=True, exist_ok=True)
     if reference is not None and str(reference).lower() == "none":
         reference = None
     groups = aggregate(jobs.ok, reference=reference, min_effect=min_effect / 100)
@@ -110,7 +118,7 @@ def run_report(sweep_dirs, out=None, references=DEFAULT_REFERENCES, plots=True, 
     title = ", ".join(str(d) for d in sweep_dirs)
     text = markdown_report(Path(title), jobs, groups, refs, png, costs=costs, glue=glue, checkpoint=checkpoint).encode()
     atomic_write_bytes(out / "report.md", lambda f: f.write(text))
-    write_csv(jobs.ok + jobs.failed, out / "report.csv")
+    write_csv(jobs.ok + jobs.failed + jobs.damaged, out / "report.csv")
     result = {"out": out, "jobs": jobs, "groups": groups, "glue": glue, "references": refs, "plots": png,
               "costs": costs[0]}
     if wandb:
@@ -132,7 +140,37 @@ def summary_tables(groups: list[dict]) -> str:
     return "\n\n".join(tables)
 
 
+class NothingToReport(Exception):
+    """No finished job under the sweep folders (none at all, or only failed, damaged or unfinished ones)."""
+
+    def __init__(self, sweep_dirs, jobs):
+        self.jobs = jobs
+        where = ", ".join(str(d) for d in sweep_dirs)
+        found = "no job folder at all" if not jobs.all_rows else f"no finished job ({_counts(jobs)})"
+        super().__init__(f"nothing to report in {where}: {found}; no report written. Fix: pass the folder a sweep "
+                         "wrote its jobs to (outputs/sweeps/<name>), or re-run the sweep's command to finish its jobs.")
+
+
+def _counts(jobs) -> str:
+    damaged = f", {len(jobs.damaged)} damaged" if jobs.damaged else ""
+    return (f"{len(jobs.ok)} done, {len(jobs.failed)} failed, {len(jobs.incomplete)} incomplete, "
+            f"{len(jobs.missing)} missing{damaged}")
+
+
+def _list_jobs(jobs) -> None:
+    for r in jobs.damaged:
+        print(f"  damaged: {r.get('method')} s={r.get('target_sparsity')} seed={r.get('seed')}: {r.get('error')}")
+    for r in jobs.failed:
+        print(f"  failed: {r.get('method')} s={r.get('target_sparsity')} seed={r.get('seed')}: {r.get('error')}")
+    for r in jobs.incomplete:
+        print(f"  incomplete: {r.get('run_dir')}")
+    for r in jobs.missing:
+        print(f"  missing: {r.get('method')} {r.get('dataset')} s={r.get('target_sparsity')} seed={r.get('seed')}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``tgp-report``: 0 with a report written; 2 (one paragraph, nothing written) for a folder that does
+    not exist or holds no finished job, or a bad option."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.min_effect > 0:
@@ -145,19 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"tgp-report: error: {e}", file=sys.stderr)
         return 2
+    except NothingToReport as e:
+        _list_jobs(e.jobs)
+        print(f"tgp-report: error: {e}", file=sys.stderr)
+        return 2
     jobs = res["jobs"]
     print(summary_tables(res["groups"]) if res["groups"] else "(no finished job)")
     power = power_table(res["groups"])
     if power:
         print(f"\n{power}\n{power_sentence(res['groups'])}")
-    print(f"\n{len(jobs.ok)} done, {len(jobs.failed)} failed, {len(jobs.incomplete)} incomplete, "
-          f"{len(jobs.missing)} missing")
-    for r in jobs.failed:
-        print(f"  failed: {r.get('method')} s={r.get('target_sparsity')} seed={r.get('seed')}: {r.get('error')}")
-    for r in jobs.incomplete:
-        print(f"  incomplete: {r.get('run_dir')}")
-    for r in jobs.missing:
-        print(f"  missing: {r.get('method')} {r.get('dataset')} s={r.get('target_sparsity')} seed={r.get('seed')}")
+    print(f"\n{_counts(jobs)}")
+    _list_jobs(jobs)
     print(f"wrote {res['out'] / 'report.md'}, {res['out'] / 'report.csv'} and {len(res['plots'])} plots")
     return 0
 

@@ -34,10 +34,11 @@ class Jobs:
     failed: list[dict] = field(default_factory=list)
     incomplete: list[dict] = field(default_factory=list)
     missing: list[dict] = field(default_factory=list)
+    damaged: list[dict] = field(default_factory=list)  # finished, but a file it wrote no longer verifies
 
     @property
     def all_rows(self) -> list[dict]:
-        return [*self.ok, *self.failed, *self.incomplete]
+        return [*self.ok, *self.failed, *self.incomplete, *self.damaged]
 
 
 def _first_line(text: str) -> str:
@@ -142,10 +143,17 @@ def _job_settings(folder: Path) -> dict:
     }
 
 
-def find_jobs(root: str | Path) -> Jobs:
-    """Every job folder under ``root`` (recursively), sorted into ok / failed / incomplete."""
+def find_jobs(root: str | Path, verify: dict | None = None) -> Jobs:
+    """Every job folder under ``root`` (recursively), sorted into ok / failed / incomplete / damaged.
+
+    A finished job is ``damaged`` when a file it or one of its stages wrote no longer matches its
+    record (:func:`tgp.integrity.run_problems`); ``verify`` caches the checked stage folders (shared
+    by many jobs) across calls."""
+    from tgp.integrity import run_problems
+
     root = Path(root)
     jobs = Jobs()
+    verify = {} if verify is None else verify
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "wandb"
                              and not os.path.islink(os.path.join(dirpath, d)))
@@ -158,13 +166,13 @@ def find_jobs(root: str | Path) -> Jobs:
         error_newer = has_error and (
             not has_metrics or (folder / "error.txt").stat().st_mtime > (folder / "metrics.json").stat().st_mtime)
         if has_metrics and not error_newer:
-            try:
-                row = json.loads((folder / "metrics.json").read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                row = {**_job_settings(folder), "status": "failed", "error": f"unreadable metrics.json ({e})"}
-                row["run_dir"] = str(folder)
-                jobs.failed.append(row)
+            problems, _ = run_problems(folder, verify)
+            if problems:
+                path, reason = problems[0]
+                jobs.damaged.append({**_job_settings(folder), "status": "damaged", "error": f"{path}: {reason}",
+                                     "run_dir": str(folder)})
                 continue
+            row = json.loads((folder / "metrics.json").read_text())  # run_problems parsed it
             row.setdefault("status", "ok")
             row["run_dir"] = str(folder)
             jobs.ok.append(add_ablation(add_widths(row, folder), folder))

@@ -181,7 +181,7 @@ def markdown_report(root: Path, jobs: Jobs, groups: list[dict], refs: list[dict]
     per score, the GLUE score rows ``glue``, official metrics, XGLUE languages; at ``checkpoint``)."""
     out = [f"# tgp report: {root}", "",
            f"{len(jobs.ok)} jobs done, {len(jobs.failed)} failed, {len(jobs.incomplete)} incomplete, "
-           f"{len(jobs.missing)} missing.", ""]
+           f"{len(jobs.missing)} missing" + (f", {len(jobs.damaged)} damaged." if jobs.damaged else "."), ""]
     image, text = [g for g in groups if not is_text(g)], [g for g in groups if is_text(g)]
     if image:
         out += [markdown_table(image), "", *_legend(image), ""]
@@ -209,6 +209,10 @@ def markdown_report(root: Path, jobs: Jobs, groups: list[dict], refs: list[dict]
     out += ["## Failed jobs", ""]
     out += [f"- {_describe(r)}: `{r.get('error')}` ({r.get('run_dir')})" for r in jobs.failed] or ["none"]
     out.append("")
+    if jobs.damaged:
+        out += ["## Damaged jobs (finished, but a file they wrote no longer matches its record; re-run to recompute)", ""]
+        out += [f"- {_describe(r)}: `{r.get('error')}` ({r.get('run_dir')})" for r in jobs.damaged]
+        out.append("")
     if jobs.incomplete:
         out += ["## Incomplete jobs (started, neither metrics.json nor error.txt: running or killed)", ""]
         out += [f"- {_describe(r)} ({r.get('run_dir')})" for r in jobs.incomplete]

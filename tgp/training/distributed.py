@@ -43,31 +43,15 @@ def destroy_process_group() -> None:
 
 # -- synchronized BatchNorm on any device -------------------------------------------------------
 class _AllReduceBatchNorm:
-    """Mixin: in training under DDP, normalize with the mean and variance of the global batch
-    (summed over the ranks with a differentiable all-reduce, as ``torch.nn.SyncBatchNorm`` does on GPUs)."""
+    """Mixin: in training under DDP, normalize with the mean and variance of the global batch, computed
+    as one process's BatchNorm computes them (:mod:`tgp.sync_bn`), as ``torch.nn.SyncBatchNorm`` does on GPUs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from tgp.sync_bn import global_batch_norm
 
-        c, dims = x.shape[1], [0, *range(2, x.dim())]
-        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1).clamp_min(1)), alpha=m)
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return global_batch_norm(self, x)
 
 
 class AllReduceBatchNorm1d(_AllReduceBatchNorm, nn.BatchNorm1d):

@@ -25,7 +25,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from tgp.data.base import mix_seed
-from tgp.io import atomic_write_bytes
+from tgp.integrity import file_record
+from tgp.io import NO_ROOM, atomic_write_bytes, no_room, tensor_bytes
 
 log = logging.getLogger("tgp")
 
@@ -66,7 +67,9 @@ class EpochEndCheckpoint(Checkpoint):
     but written as ``last.ckpt.pending`` and renamed to ``last.ckpt`` only when the epoch is entirely
     over (next epoch's start, end of training, a preemption after the epoch): Lightning logs the
     epoch's training metrics after ``on_train_epoch_end``, and a kill in between must not leave a
-    ``last.ckpt`` that skips an epoch whose row never reached metrics.csv.
+    ``last.ckpt`` that skips an epoch whose row never reached metrics.csv. Its size and SHA-256 are
+    recorded in the attempt (``attempts.json``), so a resume trusts only the checkpoint it wrote
+    (:func:`tgp.integrity.checkpoint_problem`).
     """
 
     def __init__(self, path: Path, attempts=None):
@@ -76,16 +79,28 @@ class EpochEndCheckpoint(Checkpoint):
         self._pending_done: int | None = None  # completed epochs in the pending checkpoint
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        trainer.save_checkpoint(self.pending)  # every rank calls it, rank 0 writes (atomically: fsspec transaction)
+        try:
+            trainer.save_checkpoint(self.pending)  # every rank calls it, rank 0 writes (atomically: fsspec transaction)
+        except OSError as e:
+            if e.errno not in NO_ROOM:
+                raise
+            # What it needed at least: the weights and the optimizer state.
+            needed = tensor_bytes(pl_module.state_dict()) + tensor_bytes([o.state_dict() for o in trainer.optimizers])
+            written = self.pending.stat().st_size if self.pending.exists() else None
+            raise no_room(e.errno, self.pending, needed=needed, written=written) from e
         self._pending_done = trainer.current_epoch + 1
 
     def _promote(self, trainer) -> None:
         if self._pending_done is None:
             return
         if trainer.is_global_zero:
-            self.pending.replace(self.path)
-            if self.attempts is not None:
-                self.attempts.tick(epoch=self._pending_done)
+            if self.attempts is None:
+                self.pending.replace(self.path)
+            else:  # its record first: a crash between the two leaves last.ckpt matching one of them
+                record = file_record(self.pending)
+                self.attempts.tick(last_ckpt_next=record)
+                self.pending.replace(self.path)
+                self.attempts.tick(epoch=self._pending_done, last_ckpt=record, last_ckpt_next=None)
         self._pending_done = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

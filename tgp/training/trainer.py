@@ -29,7 +29,6 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -94,12 +93,15 @@ class Training:
             # from batch/world samples: synchronize them whatever the config says, so one stage
             # means the same experiment on 1 or 8 processes. torch's SyncBatchNorm is GPU-only;
             # on CPUs (ddp_sim) an all-reduce BatchNorm does the same.
+            # Each rank trains on its share of the one-process global batches, dealt by the datamodule
+            # (tgp.data.global_batches), not on Lightning's DistributedSampler's other order.
             from lightning.pytorch.accelerators import CPUAccelerator
 
+            args["use_distributed_sampler"] = False
             if isinstance(trainer.accelerator, CPUAccelerator):
                 plugins = [*(args.pop("plugins", None) or []), AllReduceBatchNormSync()]
                 trainer = instantiate(self.cfg.trainer, **args, sync_batchnorm=False, plugins=plugins)
-            elif not isinstance(trainer.strategy._layer_sync, TorchSyncBatchNorm):
+            else:
                 trainer = instantiate(self.cfg.trainer, **args, sync_batchnorm=True)
         return trainer
 
@@ -148,8 +150,10 @@ class Training:
         if ckpt.exists():
             done = completed_epochs(ckpt)
             log.info("stage %s: resuming from last.ckpt at epoch %d (%d of %d epochs done)", stage, done, done, epochs)
+        fitted = False
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
+            fitted = True
         except SystemExit as e:  # Lightning's SIGTERMException: a SIGTERM or SIGUSR1 arrived
             signum = signals.received or signal.SIGTERM
             log.warning("stage %s preempted at epoch %d (%s): last.ckpt keeps its %d finished epochs; re-run the "
@@ -159,7 +163,12 @@ class Training:
             # SystemExit still, so StageRunner records the attempt as preempted.
             raise type(e)(128 + int(signum)) from None
         finally:
-            merge_attempt_metrics(logs, folder / "metrics.csv")
+            try:
+                merge_attempt_metrics(logs, folder / "metrics.csv")
+            except OSError:
+                if fitted:
+                    raise
+                # else the fit's own error is the one to report (a full disk fails this write too)
         net = module.net
         # The epochs it trained: fewer than the budget only when early stopping ended the fit (last.ckpt
         # is written after every epoch, in rank 0 also under ddp_spawn).
