@@ -218,7 +218,7 @@ def run_dir(tmp_path):
     stage in the store), made without training."""
     from tgp.integrity import record_files, student_record
     from tgp.pruning.mask import save_mask
-    from tgp.report.aggregate import _job_settings
+    from tgp.report.jobs import _job_settings
 
     cfg = compose_cfg(["experiment=smoke"], tmp_path)
     from hydra.utils import instantiate
@@ -257,7 +257,7 @@ def test_eval_of_a_damaged_run_is_one_paragraph_naming_the_file_and_exit_2(run_d
 
 
 def test_report_lists_a_damaged_job_as_damaged_not_done(run_dir, capsys):
-    from tgp.report.aggregate import find_jobs
+    from tgp.report.jobs import find_jobs
     from tgp.report.cli import main as report_main
 
     shutil.copytree(run_dir, run_dir.with_name("r2"), symlinks=True)  # a second job sharing the prune stage

@@ -116,7 +116,7 @@ def stage_key(cfg: DictConfig, kind: StageKind, parent: str | None = None, name:
     identity = {"kind": kind.name, "version": kind.version, "name": name or kind.folder_name, "parent": parent,
                 "nodes": _picked(cfg, kind.nodes)}
     if (kind.per_process is not None and kind.per_process(cfg)) or _draws_per_rank(cfg, kind):
-        from tgp.checks import world_size
+        from tgp.checks.job import world_size
 
         world = world_size(cfg)
         if world > 1:  # one-process keys stay what they were
