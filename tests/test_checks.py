@@ -401,7 +401,8 @@ def test_a_refused_command_leaves_a_finished_run_as_it_was(tmp_path):
     single = run_bare(["experiment=smoke", "name=refuse", "seed=0", f"paths.stage_store={tmp_path / 'stages'}",
                        f"hydra.run.dir={finished}", "data.num_workers=-1"], tmp_path)
     assert first_line(single).startswith("tgp: error: data.num_workers=-1: must be an integer >= 0")
-    sweep_proc = run_cli([*base, "seed=0,1", "data.num_workers=-1"], tmp_path)
+    sweep_proc = run_cli([*base, "seed=0,1", "data.num_workers=-1"], tmp_path, check=False)
+    assert sweep_proc.returncode == 2, sweep_proc.stderr[-2000:]  # the refused job's exit code is the sweep's
     assert folder_digest(finished) == before  # names and bytes: nothing written, appended or rewritten
     jobs = find_jobs(sweep)
     assert [Path(r["run_dir"]) for r in jobs.ok] == [finished]
