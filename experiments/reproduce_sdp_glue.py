@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from reproduce_table2 import current_device, load_bench, run_sweep  # noqa: E402
+from reproduce_table2 import current_device, load_bench, run_grid_and_report  # noqa: E402
 
 # benchmark → its experiment files, tasks and dense comparison models (SDP's abstract: a smaller dense
 # Transformer with as many nonzero parameters, a distilled one about 6x larger; the dense base model)
@@ -300,25 +300,12 @@ def main(argv=None) -> int:
         common.insert(0, f"paths.data_dir={data_dir}")
     if args.wandb:
         common.append("logger=wandb")
-    sweeps = []
-    for entry in grid:
-        name = BENCHMARKS[entry["benchmark"]]["name"] + ("_smoke" if smoke else "")
-        entry = {**entry, "dataset": entry["benchmark"]}  # run_sweep names its log after it
-        rc = run_sweep(entry, [f"name={name}", *common], out / "logs", args.timeout)
-        if rc != 0:
-            print(f"  the sweep {entry['benchmark']} / {entry['tag']} stopped with exit {rc}: see its log; its finished "
-                  "jobs are kept and the report lists the rest", flush=True)
-        folder = log_dir / "sweeps" / name
-        if folder not in sweeps:
-            sweeps.append(folder)
+    def sweep_of(entry):
+        entry["dataset"] = entry["benchmark"]  # run_sweep names its log after it
+        return BENCHMARKS[entry["benchmark"]]["name"] + ("_smoke" if smoke else ""), common
 
-    from tgp.report.cli import main as report_main
-
-    existing = [str(s) for s in sweeps if s.is_dir()]
-    if not existing:
-        print("no sweep folder was created: nothing to report", file=sys.stderr)
-        return 1
-    return report_main([*existing, "--out", str(out), "--reference", REFERENCE] + (["--wandb"] if args.wandb else []))
+    return run_grid_and_report(grid, sweep_of, out, log_dir, args.timeout,
+                               ["--reference", REFERENCE] + (["--wandb"] if args.wandb else []))
 
 
 if __name__ == "__main__":

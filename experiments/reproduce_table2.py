@@ -235,6 +235,32 @@ def run_sweep(entry, common: list[str], log_dir: Path, timeout: float | None) ->
     return rc
 
 
+def run_grid_and_report(grid, sweep_of, out: Path, log_dir: Path, timeout: float | None,
+                        report_args: list[str]) -> int:
+    """Run each grid entry's multirun (``sweep_of(entry) -> (sweep name, its overrides)``), then one
+    report over the sweep folders into ``out``. Returns the worst exit code of the sweeps and the report
+    (:func:`tgp.exits.worst`): a failed job fails the script after everything ran, and nothing to report is 2."""
+    from tgp.exits import SETTING, worst
+    from tgp.report.cli import main as report_main
+
+    codes, sweeps = [], []
+    for entry in grid:
+        name, common = sweep_of(entry)
+        rc = run_sweep(entry, [f"name={name}", *common], out / "logs", timeout)
+        codes.append(rc)
+        if rc != 0:
+            print(f"  the sweep for {entry['dataset']} / {entry['tag']} stopped with exit {rc}: see its log; "
+                  "its finished jobs are kept and the report lists the rest", flush=True)
+        folder = log_dir / "sweeps" / name
+        if folder not in sweeps:
+            sweeps.append(folder)
+    existing = [str(s) for s in sweeps if s.is_dir()]
+    if not existing:
+        print("no sweep folder was created: nothing to report", file=sys.stderr)
+        return worst([*codes, SETTING])
+    return worst([*codes, report_main([*existing, "--out", str(out), *report_args])])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", type=int, choices=(0, 1), default=0, help="1: digits data, reduced grid, CPU minutes")
@@ -275,28 +301,11 @@ def main(argv=None) -> int:
     # Under the log folder (outputs/ by default, ignored by git), never into the source tree.
     out = Path(args.out) if args.out else log_dir / ("reproduce_table2_smoke" if smoke else "reproduce_table2")
     sweep_name = "table2_smoke" if smoke else None
-    sweeps = []
-    for entry in grid:
-        name = sweep_name or f"table2_{entry['dataset']}"
-        common = [f"name={name}", f"paths.log_dir={log_dir.resolve()}", "progress_bar=false", *args.overrides]
-        if args.wandb:
-            common.append("logger=wandb")
-        rc = run_sweep(entry, common, out / "logs", args.timeout)
-        if rc != 0:
-            print(f"  the sweep for {entry['dataset']} / {entry['tag']} stopped with exit {rc}: see its log; "
-                  "its finished jobs are kept and the report lists the rest", flush=True)
-        folder = log_dir / "sweeps" / name
-        if folder not in sweeps:
-            sweeps.append(folder)
+    def sweep_of(entry):
+        common = [f"paths.log_dir={log_dir.resolve()}", "progress_bar=false", *args.overrides]
+        return sweep_name or f"table2_{entry['dataset']}", common + (["logger=wandb"] if args.wandb else [])
 
-    from tgp.report.cli import main as report_main
-
-    existing = [str(s) for s in sweeps if s.is_dir()]
-    if not existing:
-        print("no sweep folder was created: nothing to report", file=sys.stderr)
-        return 1
-    report_args = [*existing, "--out", str(out)] + (["--wandb"] if args.wandb else [])
-    return report_main(report_args)
+    return run_grid_and_report(grid, sweep_of, out, log_dir, args.timeout, ["--wandb"] if args.wandb else [])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO
 from dataclasses import dataclass
 
 from tgp.errors import ConfigError, DataNotFoundError
@@ -105,6 +106,24 @@ def temp_payload(folder: str, name: str, key: str, suffix: str) -> tuple[str, st
     final = os.path.join(folder, f"{name}-{key[:16]}{suffix}")
     tmp = os.path.join(folder, f".{name}-{key[:16]}.{os.getpid()}.tmp")
     return final, tmp
+
+
+@contextlib.contextmanager
+def writing_payload(folder: str, name: str, key: str, suffix: str) -> Iterator[tuple[BinaryIO, str]]:
+    """Write a payload for ``key`` through a hidden temp file: yields ``(file, final path)``; on a clean
+    exit the file is synced and renamed to its final name, on any exception (or Ctrl-C) it is deleted,
+    so a payload under its final name is always complete (the manifest written after it trusts it)."""
+    final, tmp = temp_payload(folder, name, key, suffix)
+    try:
+        with open(tmp, "wb") as f:
+            yield f, final
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def remove_stale(folder: str, name: str) -> None:

@@ -21,7 +21,6 @@ finished array is read with ``np.load(mmap_mode="r")``, so pages are shared betw
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import hashlib
 import json
 import logging
@@ -126,33 +125,24 @@ def _decoded_chunks(paths: Sequence[str], size: tuple[int, int], dataset: str, w
 def _build(folder: str, name: str, key: str, samples: Sequence[tuple[str, int]], base: str, size: tuple[int, int],
            dataset: str, workers: int, progress: Callable[[int], None] | None) -> str:
     """Decode ``samples`` into ``folder/name-<key>.npy`` (under the lock), then write the manifest."""
-    final, tmp = cache_files.temp_payload(folder, name, key, ".npy")
     shape = (len(samples), size[0], size[1], 3)
     paths = [p for p, _ in samples]
     log.info("%s: decoding %d %s images once into %s (later runs read the decoded array)", dataset, len(samples),
              name, folder)
     t0 = time.perf_counter()
-    try:
-        with open(tmp, "wb") as f:
-            # The .npy header, then the rows in order: sequential writes keep only a chunk in memory
-            # (a writable memmap would keep every written page in this process's resident set).
-            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
-            done = 0
-            for chunk in _decoded_chunks(paths, size, dataset, workers):
-                f.write(chunk.tobytes())
-                done += len(chunk)
-                if progress is not None:
-                    progress(done)
-            f.flush()
-            os.fsync(f.fileno())
+    with cache_files.writing_payload(folder, name, key, ".npy") as (f, final):
+        # The .npy header, then the rows in order: sequential writes keep only a chunk in memory
+        # (a writable memmap would keep every written page in this process's resident set).
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        done = 0
+        for chunk in _decoded_chunks(paths, size, dataset, workers):
+            f.write(chunk.tobytes())
+            done += len(chunk)
+            if progress is not None:
+                progress(done)
         if list_key(samples, base, size) != key:
             raise DataNotFoundError(f"{dataset}: files under {base} changed while the decoded cache was built; "
                                     "nothing was cached. Run again once the tree is complete.")
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     cache_files.write_manifest(folder, name, {
         "format": FORMAT, "key": key, "file": os.path.basename(final), "shape": list(shape), "dtype": "uint8",
         "pillow": PIL.__version__, "source": base, "created": time.time()})

@@ -16,7 +16,6 @@ only when it loads with the counts the manifest gives.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -137,17 +136,8 @@ def _valid(folder: str, name: str, key: str) -> str | None:
 
 
 def _build(folder: str, name: str, key: str, tokenized: TokenizedFile, source: str) -> str:
-    final, tmp = cache_files.temp_payload(folder, name, key, ".npz")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, ids=tokenized.ids, offsets=tokenized.offsets, labels=tokenized.labels)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with cache_files.writing_payload(folder, name, key, ".npz") as (f, final):
+        np.savez(f, ids=tokenized.ids, offsets=tokenized.offsets, labels=tokenized.labels)
     cache_files.write_manifest(folder, name, {
         "format": FORMAT, "key": key, "file": os.path.basename(final), "rows": len(tokenized),
         "tokens": int(len(tokenized.ids)), "source": source, "created": time.time()})
