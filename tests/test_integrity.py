@@ -276,6 +276,25 @@ def test_report_lists_a_damaged_job_as_damaged_not_done(run_dir, capsys):
     assert report_main([str(run_dir.parent), "--references", "none", "--no-plots"]) == 2
 
 
+def test_verify_and_a_sweeps_skip_check_the_runs_own_files(run_dir, capsys):
+    from tgp.integrity import run_file_record
+    from tgp.run import _finished_row
+
+    shutil.copy(run_dir / "prune" / "mask.pt", run_dir / "mask.pt")  # the run's final mask, recorded as tgp-run does
+    row = read_json(run_dir / "metrics.json") | run_file_record(run_dir / "mask.pt")
+    (run_dir / "metrics.json").write_text(json.dumps(row))
+    assert verify_main([str(run_dir)]) == 0 and _finished_row(run_dir) == row
+    capsys.readouterr()
+    truncate(run_dir / "mask.pt")
+    assert verify_main([str(run_dir)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"damaged: {run_dir}: mask.pt: ") and "(truncated)" in out[0], out
+    assert _finished_row(run_dir) is None  # a re-run sweep runs the job again instead of skipping it as done
+    (run_dir / "mask.pt").unlink()  # a recorded file that is gone is damage too
+    assert verify_main([str(run_dir)]) == 1
+    assert capsys.readouterr().out.startswith(f"damaged: {run_dir}: mask.pt: missing")
+
+
 # -- (slow) the smoke pipeline on a damaged store ends bit-identical to an undamaged run ------------------
 STAGES = ("teacher", "kd_pretrain", "prune", "retrain")
 

@@ -334,12 +334,23 @@ def run_problems(run_dir: Path, cache: dict | None = None) -> tuple[list[tuple[P
                 cache[key] = check
         if check.damaged:
             problems += [(link / file, reason) for file, reason in check.problems]
-    for name in RUN_FILES:
-        if (name == STUDENT and row) or (run_dir / name).exists():  # a finished run has a student; any file present
+    own, own_hashed = run_file_problems(run_dir, row)
+    return problems + own, hashed + own_hashed
+
+
+def run_file_problems(run_dir: Path, row: dict | None) -> tuple[list[tuple[Path, str]], int]:
+    """``([(file, reason), ...], bytes hashed)`` of the run's own files (:data:`RUN_FILES`): each one
+    present, recorded in its ``metrics.json`` row, or — the student — expected of a finished run."""
+    run_dir = Path(run_dir)
+    problems, hashed = [], 0
+    for name, prefix in RUN_FILES.items():
+        path = run_dir / name
+        expected = bool(row) and (name == STUDENT or f"{prefix}_sha256" in row)
+        if expected or path.exists():
             problem = student_problem(run_dir, row, name)
-            hashed += (run_dir / name).stat().st_size if (run_dir / name).exists() else 0
+            hashed += path.stat().st_size if path.exists() else 0
             if problem:
-                problems.append((run_dir / name, problem))
+                problems.append((path, problem))
     return problems, hashed
 
 

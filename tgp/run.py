@@ -232,7 +232,18 @@ def _finished_row(run_dir: Path) -> dict | None:
         row = json.loads(metrics.read_text())
     except (OSError, ValueError):
         return None
-    return row if row.get("status", "ok") == "ok" else None
+    if row.get("status", "ok") != "ok":
+        return None
+    from tgp.integrity import run_problems
+
+    # Only a run whose files verify is done: a damaged one runs again (its damaged stages are set aside
+    # and recomputed, intact ones reused), so the report that listed it as damaged lists it done next.
+    problems, _ = run_problems(run_dir)
+    if problems:
+        listed = "; ".join(f"{path}: {why}" for path, why in problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        log.warning("job finished before but its files are damaged (%s): running it again", listed)
+        return None
+    return row
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -14,13 +14,14 @@ exist (nothing was checked).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from tgp.integrity import (ATTEMPTS, CHECKPOINT, DAMAGED_TAG, RESULT, StageCheck, check_stage, stage_folders,
-                           student_problem)
+from tgp.integrity import (ATTEMPTS, CHECKPOINT, DAMAGED_TAG, RESULT, StageCheck, check_stage, run_file_problems,
+                           stage_folders)
 
 
 def _is_stage(folder: Path) -> bool:
@@ -55,12 +56,15 @@ class Census:
         self.runs += 1
         for link in stage_folders(run_dir):
             self.stage(link)  # shown by its store path: that is the folder a re-run sets aside
-        if (run_dir / "metrics.json").exists():
-            problem = student_problem(run_dir)
-            if (run_dir / "student_sparse.pt").exists():
-                self.hashed += (run_dir / "student_sparse.pt").stat().st_size
-            if problem:
-                self.lines.append(f"damaged: {run_dir}: student_sparse.pt: {problem}")
+        if (run_dir / "metrics.json").exists():  # a finished run: its own files against their records
+            try:
+                row = json.loads((run_dir / "metrics.json").read_text())
+            except (OSError, ValueError, UnicodeDecodeError) as e:
+                self.lines.append(f"damaged: {run_dir}: metrics.json: not valid JSON ({type(e).__name__})")
+                row = {}
+            problems, hashed = run_file_problems(run_dir, row)
+            self.hashed += hashed
+            self.lines += [f"damaged: {run_dir}: {path.name}: {problem}" for path, problem in problems]
 
     def walk(self, root: Path) -> None:
         """Every stage folder and run below ``root`` (links into a stage store are followed from a run only)."""
