@@ -249,8 +249,9 @@ def run_grid_and_report(grid, sweep_of, out: Path, log_dir: Path, timeout: float
         rc = run_sweep(entry, [f"name={name}", *common], out / "logs", timeout)
         codes.append(rc)
         if rc != 0:
-            print(f"  the sweep for {entry['dataset']} / {entry['tag']} stopped with exit {rc}: see its log; "
-                  "its finished jobs are kept and the report lists the rest", flush=True)
+            print(f"  the sweep for {entry['dataset']} / {entry['tag']} ended with exit {rc} (a job failed, or the "
+                  "sweep was stopped): its log lists the failed jobs; finished jobs are kept and the report lists "
+                  "the rest; this script exits non-zero at the end", flush=True)
         folder = log_dir / "sweeps" / name
         if folder not in sweeps:
             sweeps.append(folder)

@@ -70,14 +70,22 @@ class JobFailed(CompactHydraException):
         super().__init__(f"{failure.job} failed ({describe(failure.code)}): {failure.summary}")
 
     def __reduce__(self):  # pickled from the job's process to the launcher's with its record
-        return type(self), (self.failure,)
+        return _failed_in_another_process, (self.failure,)
+
+
+def _failed_in_another_process(failure: JobFailure) -> JobFailed:
+    """Unpickling a job's failure in the launcher's process (submitit, SLURM, the node launcher) records
+    it there: that is the process whose exit code and last lines the sweep's user sees."""
+    record_failure(failure)
+    return JobFailed(failure)
 
 
 _FAILURES: list[JobFailure] = []  # this process's failed jobs, in the order they ended
 
 
 def record_failure(failure: JobFailure) -> None:
-    _FAILURES.append(failure)
+    if failure not in _FAILURES:  # the same job's record arriving twice (unpickled, then handled) counts once
+        _FAILURES.append(failure)
 
 
 def take_failures() -> list[JobFailure]:

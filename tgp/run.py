@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from typing import NoReturn
 from pathlib import Path
 
 import hydra
@@ -33,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from tgp.checks import precheck
 from tgp.checks.hardware import check_launch  # noqa: F401 - tgp.run.check_launch, as before
 from tgp.errors import TGPError
-from tgp.exits import CRASH, JobFailure, error_file, error_summary, record_failure, sweep_report, take_failures, worst
+from tgp.exits import CRASH, JobFailed, JobFailure, error_file, error_summary, record_failure, sweep_report, take_failures, worst
 from tgp.naming import register_resolvers
 from tgp.resources import CONFIG_DIR
 
@@ -125,7 +126,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 outcome["error"] = message
             log.error("job refused, sweep continues: %s", e)
             _sweep_job_failed(run_dir, e.exit_code, message)
-            return None
     write_hydra_files(cfg, run_dir)
     from tgp.logging_wandb import wandb_job
     from tgp.pipeline import run_pipeline
@@ -148,7 +148,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
             if multirun:
                 log.error("job failed, sweep continues: %s", told)
                 _sweep_job_failed(run_dir, told.exit_code, message)
-                return None
             print(message, file=sys.stderr, flush=True)
             sys.exit(told.exit_code)
 
@@ -161,7 +160,6 @@ def _crashed(run_dir: Path, outcome: dict, multirun: bool) -> None:
     if multirun:
         log.exception("job failed, sweep continues (error in %s)", run_dir / "error.txt")
         _sweep_job_failed(run_dir, CRASH, outcome["error"])
-        return None
     raise
 
 
@@ -253,11 +251,16 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _sweep_job_failed(run_dir: Path, code: int, text: str) -> None:
-    """Record a failed multirun job for the sweep's exit code and last lines (:mod:`tgp.exits`)."""
+def _sweep_job_failed(run_dir: Path, code: int, text: str) -> NoReturn:
+    """Record a failed multirun job for the sweep's exit code and last lines (:mod:`tgp.exits`) and end
+    it as failed: Hydra's ``run_job`` keeps the raised :class:`JobFailed` as the job's result, every
+    launcher carries that back to the sweep's process (pickled from another process, it records itself
+    there), and the sweep goes on to its other jobs."""
     hc = HydraConfig.get()
     job = f"#{hc.job.num} {' '.join(hc.overrides.task)}"
-    record_failure(JobFailure(job, int(code), error_file(run_dir), error_summary(text)))
+    failure = JobFailure(job, int(code), error_file(run_dir), error_summary(text))
+    record_failure(failure)
+    raise JobFailed(failure)
 
 
 def _record_failure(run_dir: Path, text: str) -> None:
