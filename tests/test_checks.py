@@ -124,6 +124,8 @@ def test_cfg_with_multirun_is_one_paragraph_not_a_traceback(tmp_path):
     (["retrain.epochs=-1"], ["retrain.epochs=-1", "at least 1"]),
     (["teacher.epochs=-1"], ["teacher.epochs=-1", "teacher.checkpoint"]),
     (["stop_after=prun"], ["stop_after='prun'", "teacher, kd_pretrain, prune, retrain", "did you mean stop_after=prune?"]),
+    (["schedule.kind=cosin"], ["schedule.kind='cosin'", "cosine, multistep, linear, constant"]),
+    (["schedule.warmup_epochs=-1"], ["schedule.warmup_epochs=-1", ">= 0"]),
 ])
 def test_job_settings_refused_before_the_first_stage(args, needles, tmp_path):
     # Refused in the job, before it writes anything: not even the run folder Hydra made for it stays.

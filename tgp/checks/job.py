@@ -35,6 +35,7 @@ def validate_job(cfg: DictConfig, spec, dm, student) -> None:
     check_stop_after(cfg, spec)
     check_sparsity(OmegaConf.select(cfg, "pruning.sparsity"))
     check_batch_size(cfg)
+    check_schedule(cfg)
     exclude = cfg.pruning.exclude
     if not OmegaConf.is_list(exclude):  # a string would be read character by character
         raise ConfigError("pruning.exclude", exclude, "must be a list of module-name patterns.",
@@ -46,6 +47,21 @@ def validate_job(cfg: DictConfig, spec, dm, student) -> None:
     check_compile(cfg)  # compile_mode, and the compiler inductor needs with compile=true
     if spec.check is not None:  # the method's own settings, after the shared ones it may rely on
         spec.check(cfg, dm)
+
+
+def check_schedule(cfg: DictConfig) -> None:
+    """``schedule.kind`` names a schedule (a typo would otherwise train at a constant learning rate) and
+    ``schedule.warmup_epochs`` is a number of epochs >= 0."""
+    from tgp.lit.classifier import SCHEDULE_KINDS
+
+    kind = OmegaConf.select(cfg, "schedule.kind")
+    if kind not in SCHEDULE_KINDS:
+        raise ConfigError("schedule.kind", kind, f"is not a learning-rate schedule; tgp has {', '.join(SCHEDULE_KINDS)}.",
+                          "set schedule.kind to one of them (e.g. schedule.kind=cosine).")
+    warmup = OmegaConf.select(cfg, "schedule.warmup_epochs", default=0)
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or warmup < 0:
+        raise ConfigError("schedule.warmup_epochs", warmup, "must be a number of epochs >= 0.",
+                          "use e.g. schedule.warmup_epochs=0 (no warm-up) or 1.")
 
 
 def check_method_fits_data(spec, dm) -> None:

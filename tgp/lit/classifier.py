@@ -43,6 +43,9 @@ def build_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_
     raise ConfigError("optimizer.name", name, "unknown optimizer.", "use sgd, adamw or adam.")
 
 
+SCHEDULE_KINDS = ("cosine", "multistep", "linear", "constant")  # schedule.kind (checked before any stage)
+
+
 def lr_lambda(step: int, *, total: int, warmup: int, kind: str, milestones=(0.5, 0.75), gamma: float = 0.1) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (per-step, so short stages still anneal)."""
     if warmup and step < warmup:
@@ -54,7 +57,9 @@ def lr_lambda(step: int, *, total: int, warmup: int, kind: str, milestones=(0.5,
         return gamma ** sum(t >= m for m in milestones)
     if kind == "linear":  # linear decay to 0 after the warm-up (BERT's fine-tuning schedule)
         return max(0.0, 1.0 - t)
-    return 1.0
+    if kind == "constant":
+        return 1.0
+    raise ValueError(f"schedule.kind={kind!r}: not one of {', '.join(SCHEDULE_KINDS)}")  # checked earlier
 
 
 class ClassifierModule(L.LightningModule):
