@@ -104,7 +104,7 @@ class ClassificationDataModule(L.LightningDataModule):
     # How batches are assembled from items (None: torch's default_collate); text pads per batch.
     collate_fn: Callable | None = None
     # Which datasets offer data.loader=device (named in the error of those that do not).
-    device_path_note: str = "datasets stored as equal-sized uint8 images (cifar10, cifar100, tiny_imagenet) and the text tasks"
+    device_path_note: str = "datasets stored as equal-sized uint8 images (cifar10, cifar100, mnist5k, tiny_imagenet) and the text tasks"
 
     def __init__(
         self,

@@ -112,8 +112,8 @@ class TextClassificationDataModule(ClassificationDataModule):
                    "xglue_full_dataset.tar.gz (https://microsoft.github.io/XGLUE/) and unpack it under data.root so "
                    f"that {path} exists")
         else:
-            how = ("write it with tgp.data.text.generated.write_roleswap(data.root) (it also trains the task's "
-                   "WordPiece tokenizer)")
+            how = ("write it with `python -m tgp.data.text.generated --root <data.root>` (it also trains the "
+                   "task's WordPiece tokenizer)")
         where = "folder not found" if not os.path.isdir(self.data_path) else f"{os.path.basename(path)} not found"
         return DataNotFoundError(
             f"{t.key} ({t.title}): {where} (looked for {path}). To get the data, {how}; data.root="

@@ -52,7 +52,7 @@ def hub_files(task: TextTask) -> list[HubFile]:
         source = ("google-research-datasets/paws-x", "sentence1", "sentence2", "index")
     else:
         raise ConfigError("data.download", True, f"{task.title} is not on the hub: it is generated here.",
-                          "write it with tgp.data.text.generated.write_roleswap(data.root) and set data.download=false.")
+                          "write it with `python -m tgp.data.text.generated --root <data.root>` and set data.download=false.")
     for split, hub_split in (("dev", "validation"), ("test", "test")):
         for lang, name in task.test_files(split).items():
             files.append(HubFile(name, source[0], lang, hub_split, source[1], source[2], source[3]))
