@@ -306,3 +306,18 @@ def test_a_teacherless_reference_pairs_with_both_kd_variants():
     assert d[("tgp", None, "rte", "bert_base", 0.5, True)].mean == pytest.approx(0.051)
     assert d[("tgp", None, "rte", "bert_base", 0.5, False)].mean == pytest.approx(0.011)
     assert d[("tgp", None, "rte", "bert_base", 0.5, False)].n == 3
+
+
+def test_the_teachers_glue_row_claims_no_parameter_count_of_the_student(tmp_path):
+    """The rows record the student's parameters only: the teacher's GLUE row leaves its count empty
+    instead of showing the pruned student's, and the dense student shows every weight."""
+    from tgp.report.benchmarks import glue_rows
+
+    rows = []
+    for task in GLUE_TASKS:
+        row = text_job(tmp_path, "tgp", task, 0)
+        rows.append({**row, "uses_teacher": True, "teacher": "bert_base", "score_teacher": 0.8, "epochs_teacher": 1})
+    by_kind = {g["kind"]: g for g in glue_rows(rows, "tgp")}
+    assert by_kind["teacher"]["params_nonzero_mean"] is None
+    assert by_kind["dense"]["params_nonzero_mean"] == BERT_TOTAL
+    assert by_kind["method"]["params_nonzero_mean"] == BERT_TOTAL - round(SPARSITY * BERT_PRUNABLE)

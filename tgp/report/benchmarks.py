@@ -92,8 +92,9 @@ def glue_rows(rows: list[dict], reference: str | None = None, checkpoint: str = 
         s = summarize(list(values.values()))
         g.update({f"{FIELD}_mean": s.mean, f"{FIELD}_std": s.std, f"{FIELD}_lo": s.lo, f"{FIELD}_hi": s.hi,
                   f"{FIELD}_n": s.n, "n": s.n})
-        param = "params_total" if kind == "dense" else "params_nonzero"  # a dense student keeps every weight
-        g["params_nonzero_mean"] = summarize([r.get(param) for r in cell["rows"]]).mean
+        # A dense student keeps every weight; the teacher's count is not in the rows (they are the student's).
+        param = {"dense": "params_total", "teacher": None}.get(kind, "params_nonzero")
+        g["params_nonzero_mean"] = summarize([r.get(param) for r in cell["rows"]]).mean if param else None
         if kind == "method":
             g["label"] = method_label(g["method"], g["sanity"])
             g["variant"] = variant_label(g["method"], g["retrain_kd"], g["sanity"], g["uses_teacher"])
