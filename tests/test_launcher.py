@@ -122,8 +122,11 @@ def app(tmp_path) -> Path:
 
 def start_app(app: Path, *args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    # Ctrl-C reaches the launcher as it would from a terminal, even when these tests run in a shell's
+    # background job (which starts its children with SIGINT ignored, and Python keeps an ignored SIGINT).
     return subprocess.Popen([sys.executable, str(app / "app.py"), "-m", *args], cwd=app, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run_app(app: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
