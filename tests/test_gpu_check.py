@@ -65,3 +65,31 @@ def test_the_wheelhouse_is_pinned_by_the_constraints():
 def test_make_gpu_check_passes_the_dry_flag(args, expected):
     dry = subprocess.run(["make", "-n", "gpu-check", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0 and expected in dry.stdout + "\n", dry.stdout
+
+
+def test_a_python_without_pip_installs_the_wheelhouse_by_unpacking_it(tmp_path):
+    """A pure wheel written in the wheel format (package, .dist-info, a .data/purelib module, a script)
+    unpacks into the target folder as pip --target would lay it out, and imports from there."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from tgp.gpu_check.deps import unpack_wheels
+
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    with zipfile.ZipFile(house / "tiny_pkg-1.2.0-py3-none-any.whl", "w") as whl:
+        whl.writestr("tiny_pkg/__init__.py", "VALUE = 42\n")
+        whl.writestr("tiny_pkg-1.2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: tiny-pkg\nVersion: 1.2.0\n")
+        whl.writestr("tiny_pkg-1.2.0.data/purelib/tiny_extra.py", "NAME = 'extra'\n")
+        whl.writestr("tiny_pkg-1.2.0.data/scripts/tiny", "#!/bin/sh\n")
+    (house / "requirements.txt").write_text("tiny-pkg==1.2.0\n")
+    target = tmp_path / "deps"
+    assert unpack_wheels(house, house / "requirements.txt", target) == (0, "")
+    assert sorted(p.name for p in target.iterdir()) == ["tiny_extra.py", "tiny_pkg", "tiny_pkg-1.2.0.dist-info"]
+    out = subprocess.run([sys.executable, "-c", "import tiny_pkg, tiny_extra; print(tiny_pkg.VALUE, tiny_extra.NAME)"],
+                         env={"PYTHONPATH": str(target)}, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["42", "extra"]
+    (house / "requirements.txt").write_text("tiny-pkg==9.9\n")  # a pin the wheelhouse does not hold
+    code, why = unpack_wheels(house, house / "requirements.txt", target)
+    assert code == 1 and "no wheel for tiny-pkg==9.9" in why

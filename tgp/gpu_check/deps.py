@@ -55,7 +55,8 @@ def ensure(root: Path, wheelhouse: Path, timeout: float) -> dict:
     Returns ``{"status", "python", "pythonpath", "how", "installed", "missing_preinstalled",
     "missing_compiled", "note"}``: ``how`` is ``present`` (this Python has everything), ``reused``
     (an earlier check's ``.gpu-deps``) or ``target`` (``pip install --no-index --find-links
-    wheelhouse --no-deps --target .gpu-deps``, put on PYTHONPATH)."""
+    wheelhouse --no-deps --target .gpu-deps``, put on PYTHONPATH) or ``unpacked`` (the same folder,
+    filled by :func:`unpack_wheels` where the Python has no pip)."""
     record = {"python": sys.executable, "pythonpath": [], "how": "present", "installed": [],
               "missing_preinstalled": [PREINSTALLED[m] for m in missing(PREINSTALLED)],
               "missing_compiled": [COMPILED[m] for m in missing(COMPILED)]}
@@ -77,12 +78,17 @@ def ensure(root: Path, wheelhouse: Path, timeout: float) -> dict:
                          "`make wheelhouse` on a machine with a network and copy wheelhouse/ along)")
             return {**record, "status": "failed", "note": "; ".join(notes)}
         shutil.rmtree(root / TARGET, ignore_errors=True)
-        code, out = _run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse),
-                          "--no-deps", "--target", str(root / TARGET), "-r", str(requirements),
-                          "--disable-pip-version-check", "-q"], timeout)
-        record.update(how="target", pythonpath=[str(root / TARGET)], installed=wanted)
+        if importlib.util.find_spec("pip") is not None:
+            code, out = _run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse),
+                              "--no-deps", "--target", str(root / TARGET), "-r", str(requirements),
+                              "--disable-pip-version-check", "-q"], timeout)
+            how = "target"
+        else:  # a Python without pip (a uv-made venv): a pure-Python wheel installs by unpacking it
+            code, out = unpack_wheels(wheelhouse, requirements, root / TARGET)
+            how = "unpacked"
+        record.update(how=how, pythonpath=[str(root / TARGET)], installed=wanted)
         if code != 0:
-            notes.append(f"pip install from the wheelhouse failed: {out.strip()[-600:]}")
+            notes.append(f"installing from the wheelhouse failed ({how}): {out.strip()[-600:]}")
             return {**record, "status": "failed", "note": "; ".join(notes)}
     if record["how"] != "present" and not record["missing_preinstalled"] and not record["missing_compiled"]:
         code, out = _importable(root, timeout)
@@ -91,6 +97,44 @@ def ensure(root: Path, wheelhouse: Path, timeout: float) -> dict:
             return {**record, "status": "failed", "note": "; ".join(notes)}
     ok = not record["missing_preinstalled"] and not record["missing_compiled"]
     return {**record, "status": "ok" if ok else "failed", "note": "; ".join(notes) or None}
+
+
+def _normalized(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def unpack_wheels(wheelhouse: Path, requirements: Path, target: Path) -> tuple[int, str]:
+    """Install the pinned pure-Python wheels of ``requirements`` by unpacking them into ``target``
+    (``(0, "")``, or ``(1, why)``). A pure wheel's archive is its files as installed, relative to
+    site-packages, plus its ``.dist-info``; files under ``<name>.data/purelib`` belong at the top."""
+    import zipfile
+
+    wheels = {}
+    for path in wheelhouse.glob("*.whl"):
+        name, version = path.name.split("-")[:2]
+        wheels[(_normalized(name), version)] = path
+    target.mkdir(parents=True, exist_ok=True)
+    for line in requirements.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        name, _, version = line.partition("==")
+        wheel = wheels.get((_normalized(name), version.strip()))
+        if wheel is None:
+            return 1, f"no wheel for {line} in {wheelhouse}"
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                parts = member.split("/")
+                if parts[0].endswith(".data"):
+                    if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                        continue  # scripts and headers: nothing the check imports
+                    parts = parts[2:]
+                if not parts[-1]:
+                    continue
+                out = target.joinpath(*parts)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(archive.read(member))
+    return 0, ""
 
 
 def part_env(record: dict, root: Path, extra: dict | None = None) -> dict:
