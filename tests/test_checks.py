@@ -410,5 +410,6 @@ def test_a_refused_command_leaves_a_finished_run_as_it_was(tmp_path):
     assert [Path(r["run_dir"]) for r in jobs.ok] == [finished]
     (failed,) = jobs.failed  # the new job's refusal is recorded in its own folder, and the sweep went on
     assert "data.num_workers=-1" in (Path(failed["run_dir"]) / "error.txt").read_text()
+    assert (failed["method"], failed["seed"]) == ("tgp", 1)  # the report names the refused job
     assert "job done already" in sweep_proc.stdout + sweep_proc.stderr
 

@@ -20,6 +20,7 @@ exits with the worst of its jobs' exit codes, its last lines naming each failed 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
@@ -117,10 +118,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 print(message, file=sys.stderr, flush=True)
                 _remove_if_empty(run_dir)
                 sys.exit(e.exit_code)
-            # A multirun job's record (error.txt, and a failed W&B run with logger=wandb); its folder holds
-            # no finished run (that job was skipped above).
+            # A multirun job's record (error.txt, Hydra's files that say which job it was — the report
+            # names a failed job from them — and a failed W&B run with logger=wandb); its folder holds no
+            # finished run (that job was skipped above).
             from tgp.logging_wandb import wandb_job
 
+            with contextlib.suppress(OSError):  # a full disk must not hide the refusal itself
+                write_hydra_files(cfg, run_dir)
             _record_failure(run_dir, message)
             with wandb_job(cfg, run_dir) as outcome:
                 outcome["error"] = message
