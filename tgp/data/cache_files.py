@@ -85,20 +85,27 @@ def payload_path(folder: str, manifest: dict) -> str | None:
     return os.path.join(folder, os.path.basename(name)) if isinstance(name, str) and name else None
 
 
-def write_manifest(folder: str, name: str, manifest: dict) -> None:
-    """Write ``folder/name.json`` atomically; from then on the payload it names is trusted."""
-    path = manifest_path(folder, name)
-    tmp = f"{path}.{os.getpid()}.tmp"
+@contextlib.contextmanager
+def _replacing(final: str, tmp: str, mode: str = "wb") -> Iterator:
+    """Write ``final`` through ``tmp``: on a clean exit the file is synced and renamed, on any exception
+    (or Ctrl-C) the temp file is deleted, so a file under its final name is always complete."""
     try:
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=1)
+        with open(tmp, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_manifest(folder: str, name: str, manifest: dict) -> None:
+    """Write ``folder/name.json`` atomically; from then on the payload it names is trusted."""
+    path = manifest_path(folder, name)
+    with _replacing(path, f"{path}.{os.getpid()}.tmp", "w") as f:
+        json.dump(manifest, f, indent=1)
 
 
 def temp_payload(folder: str, name: str, key: str, suffix: str) -> tuple[str, str]:
@@ -110,20 +117,11 @@ def temp_payload(folder: str, name: str, key: str, suffix: str) -> tuple[str, st
 
 @contextlib.contextmanager
 def writing_payload(folder: str, name: str, key: str, suffix: str) -> Iterator[tuple[BinaryIO, str]]:
-    """Write a payload for ``key`` through a hidden temp file: yields ``(file, final path)``; on a clean
-    exit the file is synced and renamed to its final name, on any exception (or Ctrl-C) it is deleted,
-    so a payload under its final name is always complete (the manifest written after it trusts it)."""
+    """Write a payload for ``key`` through a hidden temp file (:func:`_replacing`): yields ``(file, final
+    path)``; the manifest written after it trusts it."""
     final, tmp = temp_payload(folder, name, key, suffix)
-    try:
-        with open(tmp, "wb") as f:
-            yield f, final
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with _replacing(final, tmp) as f:
+        yield f, final
 
 
 def remove_stale(folder: str, name: str) -> None:
