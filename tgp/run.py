@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import traceback
-from typing import NoReturn
 from pathlib import Path
 
 import hydra
@@ -41,6 +41,7 @@ from tgp.resources import CONFIG_DIR
 
 register_resolvers()
 log = logging.getLogger("tgp")
+SWEEP_PID = "TGP_SWEEP_PID"  # the pid of the process that runs the sweep (tgp.run.main)
 
 
 HYDRA_SUBDIR = ".hydra"  # where Hydra would write them (hydra.output_subdir is null: see the module docstring)
@@ -82,6 +83,7 @@ def main() -> float | None:
     except Exception:  # noqa: BLE001 - a command line the precheck does not understand: Hydra judges it alone
         pass
     code = None
+    os.environ[SWEEP_PID] = str(os.getpid())  # a job in this very process needs no failed JobReturn
     try:
         value = hydra_main()
     except SystemExit as e:  # Hydra's own exit (its error printed), a stopped sweep or job, a refusal
@@ -129,7 +131,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             with wandb_job(cfg, run_dir) as outcome:
                 outcome["error"] = message
             log.error("job refused, sweep continues: %s", e)
-            _sweep_job_failed(run_dir, e.exit_code, message)
+            return _sweep_job_failed(run_dir, e.exit_code, message)
     write_hydra_files(cfg, run_dir)
     from tgp.logging_wandb import wandb_job
     from tgp.pipeline import run_pipeline
@@ -151,7 +153,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             _record_failure(run_dir, message)
             if multirun:
                 log.error("job failed, sweep continues: %s", told)
-                _sweep_job_failed(run_dir, told.exit_code, message)
+                return _sweep_job_failed(run_dir, told.exit_code, message)
             print(message, file=sys.stderr, flush=True)
             sys.exit(told.exit_code)
 
@@ -163,7 +165,7 @@ def _crashed(run_dir: Path, outcome: dict, multirun: bool) -> None:
     _record_failure(run_dir, outcome["error"])
     if multirun:
         log.exception("job failed, sweep continues (error in %s)", run_dir / "error.txt")
-        _sweep_job_failed(run_dir, CRASH, outcome["error"])
+        return _sweep_job_failed(run_dir, CRASH, outcome["error"])
     raise
 
 
@@ -255,16 +257,18 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _sweep_job_failed(run_dir: Path, code: int, text: str) -> NoReturn:
-    """Record a failed multirun job for the sweep's exit code and last lines (:mod:`tgp.exits`) and end
-    it as failed: Hydra's ``run_job`` keeps the raised :class:`JobFailed` as the job's result, every
-    launcher carries that back to the sweep's process (pickled from another process, it records itself
-    there), and the sweep goes on to its other jobs."""
+def _sweep_job_failed(run_dir: Path, code: int, text: str) -> None:
+    """Record a failed multirun job for the sweep's exit code and last lines (:mod:`tgp.exits`). In the
+    sweep's own process (Hydra's basic launcher) the record is all it takes. Anywhere else (submitit,
+    SLURM, the node launcher's job processes) the job ends as failed: Hydra's ``run_job`` keeps the
+    raised :class:`JobFailed` as the job's result and the launcher carries it back to the sweep's
+    process, where unpickling records it; the sweep goes on to its other jobs."""
     hc = HydraConfig.get()
     job = f"#{hc.job.num} {' '.join(hc.overrides.task)}"
     failure = JobFailure(job, int(code), error_file(run_dir), error_summary(text))
     record_failure(failure)
-    raise JobFailed(failure)
+    if os.environ.get(SWEEP_PID) != str(os.getpid()):
+        raise JobFailed(failure)
 
 
 def _record_failure(run_dir: Path, text: str) -> None:
