@@ -121,6 +121,91 @@ def test_search_path_adds_a_user_config_folder(wheel_env, tmp_path):
     assert bad.returncode == 2 and "my_recipe" in bad.stderr
 
 
+EVERY_GROUP = """
+import json
+from hydra import compose, initialize_config_dir
+from tgp.naming import register_resolvers
+from tgp.report.references import load_references
+from tgp.resources import config_dir, reference_dir
+
+register_resolvers()
+conf = config_dir()
+composed, failed = [], []
+with initialize_config_dir(str(conf), version_base="1.3"):
+    for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "local")):
+        for option in sorted(group.glob("*.yaml")):
+            override = f"{group.name}={option.stem}"
+            try:
+                compose("config", overrides=[override], return_hydra_config=True)
+                composed.append(override)
+            except Exception as e:
+                failed.append(f"{override}: {type(e).__name__}: {e}")
+refs = reference_dir()
+print(json.dumps({"conf": str(conf), "composed": composed, "failed": failed, "references": str(refs),
+                  "reference_files": sorted(p.name for p in refs.glob("*.yaml")), "loaded": load_references(refs)}))
+"""
+
+
+def test_the_installed_wheel_composes_every_config_option_and_reads_its_reference_files(wheel_env, tmp_path):
+    _, venv = wheel_env
+    proc = _run([venv / "bin" / "python", "-c", EVERY_GROUP], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = sorted(f"{g.name}={o.stem}" for g in (ROOT / "conf").iterdir() if g.is_dir() and g.name not in ("hydra", "local")
+                      for o in g.glob("*.yaml"))
+    assert got["failed"] == [] and sorted(got["composed"]) == expected and len(expected) > 50
+    assert got["conf"].startswith(str(venv)) and got["references"].startswith(str(venv))  # the wheel's copies
+    assert got["reference_files"] == sorted(p.name for p in (ROOT / "experiments" / "reference").glob("*.yaml"))
+    # the shipped files hold placeholders only (no number without its citation): none is drawn
+    assert got["loaded"] == []
+
+
+def test_no_file_in_the_repository_points_outside_it():
+    """Every tracked text file: no path into the workplace around the repository, and every relative
+    Markdown link resolves to a file or folder inside it."""
+    import re
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = ("../" + "shared", "METHOD" + ".md", "/" + "work/")
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    problems = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix not in (".md", ".py", ".yaml", ".yml", ".toml", ".txt", ".cfg", "") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        problems += [f"{name}: {needle}" for needle in outside if needle in text]
+        if path.suffix == ".md":
+            for target in link.findall(text):
+                if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+                    continue  # a URL or an anchor on the same page
+                resolved = (path.parent / target.split("#")[0]).resolve()
+                if not resolved.is_relative_to(ROOT) or not resolved.exists():
+                    problems.append(f"{name}: link {target}")
+    assert problems == []
+
+
+@pytest.mark.slow  # the installed run's folder, reported by the installed tgp-report
+def test_the_installed_report_draws_reference_lines(installed_run, wheel_env, tmp_path):
+    cwd, run = installed_run
+    _, venv = wheel_env
+    row = json.loads((run / "metrics.json").read_text())
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    # a test entry in the shipped format (not a published number: it exists only in this test's folder)
+    (refs / "test_source.yaml").write_text(
+        "source: test_source\nentries:\n"
+        f"  - {{method: {row['method']}, dataset: {row['dataset']}, model: {row['model']}, "
+        f"sparsity: {row['target_sparsity']}, top1: 50.0, citation: {{arxiv: '0000.00000', table: 'Table 0'}}}}\n")
+    out = tmp_path / "report"
+    proc = _run([venv / "bin" / "tgp-report", run.parent, "--references", refs, "--out", out], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (out / "report.md").read_text()
+    assert "## Published reference numbers (drawn dotted in the plots)" in md
+    assert f"| test_source | {row['method']} | {row['dataset']} | {row['model']} |" in md and "| 50.00 | 0000.00000 |" in md
+    assert list(out.glob("*.png"))
+
+
 @pytest.mark.slow  # one smoke run of the installed package (~45 s on 2 shared cores)
 def test_installed_tgp_run_from_another_directory(installed_run):
     cwd, run = installed_run

@@ -201,7 +201,7 @@ def markdown_report(root: Path, jobs: Jobs, groups: list[dict], refs: list[dict]
     out += ([cost_table(cost_rows), "", f"Method rows: per seed, mean over seeds; the last row: all seeds. Source: {source}.", ""] if cost_rows
             else [f"_{source}_", ""])
     if refs:
-        out += ["## Published reference numbers (drawn dashed in the plots)", "",
+        out += ["## Published reference numbers (drawn dotted in the plots)", "",
                 "| source | method | dataset | model | sparsity % | top-1 % | arXiv | table |", "|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['source']} | {r['method']} | {r['dataset']} | {r['model']} | {100 * r['sparsity']:.2f} | "
                 f"{100 * r['top1']:.2f} | {r['arxiv']} | {r['table']} |" for r in refs]
