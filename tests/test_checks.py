@@ -251,6 +251,10 @@ def test_one_shot_and_accepts_mask_are_separate_properties(smoke, tmp_path):
         check_keep_class_rows(rows, takes_mask_only)
     one_shot_only = dataclasses.replace(get_method("tgp"), name="own_mask", accepts_mask=False)
     check_sanity(sanity, one_shot_only)
+    check_sanity(with_(cfg, pruning__sanity="reinit"), one_shot_only)  # a student built from its config
+    pretrained = OmegaConf.merge(with_(cfg, pruning__sanity="reinit"), {"model": {"pretrained": "some/checkpoint"}})
+    with pytest.raises(ConfigError, match=r"^pruning.sanity='reinit': the student starts from pretrained weights"):
+        check_sanity(pretrained, one_shot_only)
     check_keep_class_rows(rows, one_shot_only)
     with pytest.raises(ConfigError, match=r"^pruning.mask='[^']*m.pt': method own_mask computes its own masks"):
         check_mask(masked, one_shot_only, student)

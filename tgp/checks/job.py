@@ -198,6 +198,15 @@ def check_sanity(cfg: DictConfig, spec) -> None:
         raise ConfigError("pruning.sanity", value, f"method {spec.name} does not prune in one shot; sanity-check "
                           "variants are defined for one-shot methods only.",
                           f"use pruning.sanity with one of {', '.join(one_shot)}, or drop it.")
+    pretrained = OmegaConf.select(cfg, "model.pretrained", default=None)
+    if value == "reinit" and pretrained:
+        # A pretrained student is built from its checkpoint whatever the seed: "reinit" would train the mask
+        # from the same pretrained weights, and its row would claim a fresh initialization it never had.
+        raise ConfigError("pruning.sanity", value, f"the student starts from pretrained weights "
+                          f"(model.pretrained={pretrained!r}), so a re-initialized start would be those same "
+                          "weights, not a fresh random initialization.",
+                          "use pruning.sanity=layer_shuffle, invert, random_uniform or random_erk with a pretrained "
+                          "model, or a model built from its config (e.g. model=bert_tiny) for reinit.")
     if OmegaConf.select(cfg, "pruning.mask", default=None) and value in ("invert", *RANDOM_VARIANTS):
         raise ConfigError("pruning.sanity", value, "this variant needs the method's score or ignores any mask, so "
                           f"the given pruning.mask={cfg.pruning.mask!r} would be ignored.",
