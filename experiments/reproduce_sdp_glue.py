@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from reproduce_table2 import current_device, load_bench, run_grid_and_report  # noqa: E402
+from reproduce_table2 import (add_run_arguments, comma_list, current_device, load_bench,  # noqa: E402
+                              run_grid_and_report)
 
 # benchmark → its experiment files, tasks and dense comparison models (SDP's abstract: a smaller dense
 # Transformer with as many nonzero parameters, a distilled one about 6x larger; the dense base model)
@@ -255,18 +256,11 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default=None, help="comma list: only these tasks (default: every task of each benchmark)")
     p.add_argument("--sparsities", default=None, help="comma list (default: conf/sweep/text_sparsity.yaml; smoke: 0.5)")
     p.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; smoke: 0)")
-    p.add_argument("--log-dir", default=None, help="paths.log_dir of the runs (default: outputs)")
-    p.add_argument("--out", default=None, help="report folder (default: <log-dir>/reproduce_sdp_glue[_smoke])")
-    p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, run nothing")
-    p.add_argument("--wandb", action="store_true", help="log the runs and the comparison to W&B (offline without a key)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per sweep before it is stopped")
-    p.add_argument("--bench", default=None,
-                   help="bench JSON of the device (default: outputs/bench/<this device>.json when it exists)")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job, e.g. data.loader=device")
+    add_run_arguments(p, "reproduce_sdp_glue", "data.loader=device")
     args = p.parse_args(argv)
 
     smoke = bool(args.smoke)
-    split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    split = comma_list
     benchmarks = split(args.benchmarks) if args.benchmarks else list(BENCHMARKS)
     methods = split(args.methods) if args.methods else list(METHODS)
     tasks = split(args.tasks) if args.tasks else None

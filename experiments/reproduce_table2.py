@@ -235,6 +235,23 @@ def run_sweep(entry, common: list[str], log_dir: Path, timeout: float | None) ->
     return rc
 
 
+def comma_list(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
+def add_run_arguments(p: argparse.ArgumentParser, report: str, override_example: str) -> None:
+    """The options every reproduction script shares: where runs and the report go, dry run, W&B, the
+    per-sweep timeout, the bench file of the estimate, and Hydra overrides for every job."""
+    p.add_argument("--log-dir", default=None, help="paths.log_dir of the runs (default: outputs)")
+    p.add_argument("--out", default=None, help=f"report folder (default: <log-dir>/{report}[_smoke])")
+    p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, run nothing")
+    p.add_argument("--wandb", action="store_true", help="log the runs and the comparison to W&B (offline without a key)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per sweep before it is stopped")
+    p.add_argument("--bench", default=None,
+                   help="bench JSON of the device (default: outputs/bench/<this device>.json when it exists)")
+    p.add_argument("overrides", nargs="*", help=f"extra Hydra overrides for every job, e.g. {override_example}")
+
+
 def run_grid_and_report(grid, sweep_of, out: Path, log_dir: Path, timeout: float | None,
                         report_args: list[str]) -> int:
     """Run each grid entry's multirun (``sweep_of(entry) -> (sweep name, its overrides)``), then one
@@ -270,18 +287,11 @@ def main(argv=None) -> int:
     p.add_argument("--ladders", default=None, help="comma list of conf/sweep files (default: ladder_a,ladder_b; smoke: ladder_a)")
     p.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; smoke: 0)")
     p.add_argument("--limit", type=int, default=None, help="keep the first N sparsities of each ladder")
-    p.add_argument("--log-dir", default=None, help="paths.log_dir of the runs (default: outputs)")
-    p.add_argument("--out", default=None, help="report folder (default: <log-dir>/reproduce_table2[_smoke])")
-    p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, run nothing")
-    p.add_argument("--wandb", action="store_true", help="log the runs and the comparison to W&B (offline without a key)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per sweep before it is stopped")
-    p.add_argument("--bench", default=None,
-                   help="bench JSON of the device (default: outputs/bench/<this device>.json when it exists)")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job, e.g. trainer=ddp")
+    add_run_arguments(p, "reproduce_table2", "trainer=ddp")
     args = p.parse_args(argv)
 
     smoke = bool(args.smoke)
-    split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    split = comma_list
     datasets = split(args.datasets) if args.datasets else list(SMOKE["datasets"] if smoke else DATASETS)
     methods = split(args.methods) if args.methods else list(METHODS)
     ladders = split(args.ladders) if args.ladders else list(SMOKE["ladders"] if smoke else LADDERS)

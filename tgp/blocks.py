@@ -26,7 +26,7 @@ from tgp.lit import ClassifierModule
 from tgp.lit.compiled import compile_setting
 from tgp.pruning.callbacks import OneShotPruning
 from tgp.pruning.mask import (
-    MASK_FILE, SPARSITY_REPORT_FILE, Mask, apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report,
+    MASK_FILE, SPARSITY_REPORT_FILE, Mask, apply_mask, load_mask, prunable_parameters, sparsity_report, write_mask,
 )
 from tgp.pruning.sanity import RANDOM_VARIANTS, REINIT_SEED_OFFSET, SEED_OFFSET, layer_shuffle, random_variant_mask
 from tgp.stages import StageKind
@@ -191,9 +191,8 @@ def use_given_mask(job, cfg: DictConfig, net, folder: Path) -> dict:
     mask = load_mask(p.mask, net)
     if p.sanity == "layer_shuffle":
         mask = layer_shuffle(mask, int(cfg.seed) + SEED_OFFSET)
-    save_mask(mask, folder / MASK_FILE)
-    atomic_save_json(sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask), "sanity": p.sanity},
-                     folder / SPARSITY_REPORT_FILE)
+    write_mask(mask, folder, sparsity_report(mask, net, target=float(p.sparsity)) | {"source": str(p.mask),
+                                                                                      "sanity": p.sanity})
     apply_mask(net, mask)
     return {"epochs": 0, "mask_from": str(p.mask), "sanity": p.sanity, **job.training.scores(net, "pruned")}
 

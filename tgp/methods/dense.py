@@ -29,9 +29,8 @@ import torch
 from omegaconf import DictConfig
 
 from tgp.blocks import dense_stage, load_stage_net, make_module, task_loss
-from tgp.io import atomic_save_json
 from tgp.methods.registry import MethodOutputs, MethodSpec, register
-from tgp.pruning.mask import MASK_FILE, SPARSITY_REPORT_FILE, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.mask import prunable_parameters, sparsity_report, write_mask
 from tgp.stages import StageKind
 
 DENSE_RETRAIN = StageKind("dense_retrain", folder="retrain", reads=("model", "retrain.epochs", "retrain.lr"))
@@ -54,9 +53,7 @@ def run_dense(job) -> MethodOutputs:
         result = job.training.fit("retrain", folder, module, int(r.epochs))
         # Every prunable weight kept: the run folder's mask.pt and sparsity report say "dense".
         mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(module.net).items()}
-        save_mask(mask, folder / MASK_FILE)
-        atomic_save_json(sparsity_report(mask, module.net, target=0.0) | {"score": None},
-                         folder / SPARSITY_REPORT_FILE)
+        write_mask(mask, folder, sparsity_report(mask, module.net, target=0.0) | {"score": None})
         return result
 
     job.run(DENSE_RETRAIN, retrain, parent=dense)

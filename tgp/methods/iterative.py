@@ -62,11 +62,10 @@ from omegaconf import DictConfig
 from tgp.blocks import init_stage, load_stage_net, make_module, task_loss, train_masked
 from tgp.data.views import ClassSubsetDataModule
 from tgp.errors import ConfigError
-from tgp.io import atomic_save_json
 from tgp.methods.registry import MethodOutputs, MethodSpec, register
 from tgp.pruning.callbacks import SaveAtEpoch
 from tgp.pruning.mask import (
-    Mask, apply_mask, load_mask, prunable_parameters, save_mask, sparsity_report, warn_layer_collapse,
+    Mask, apply_mask, load_mask, prunable_parameters, sparsity_report, warn_layer_collapse, write_mask,
 )
 from tgp.pruning.nested import exact_common_threshold, intersection, magnitude_mask, mask_counts
 from tgp.pruning.schedules import check_round_schedule, round_sparsity, rounds_needed
@@ -121,11 +120,7 @@ def _prunable(net, cfg: DictConfig) -> dict:
 
 
 def _save_mask(mask: Mask, folder: Path, target: float | None, net, extra: dict | None = None, name: str = "mask") -> dict:
-    save_mask(mask, folder / f"{name}.pt")
-    report = sparsity_report(mask, net, target=target)
-    if extra:
-        report.update(extra)
-    atomic_save_json(report, folder / f"sparsity_report{'' if name == 'mask' else '_' + name[len('mask_'):]}.json")
+    report = write_mask(mask, folder, sparsity_report(mask, net, target=target) | (extra or {}), name)
     if name == "mask":  # the masks a round goes on with (not COLT's per-half ones)
         warn_layer_collapse(report, f"{folder.name}/{name}.pt", one_shot=False)
     return report

@@ -41,11 +41,10 @@ from omegaconf import DictConfig
 
 from tgp.blocks import dense_stage, load_stage_net, make_module, task_loss
 from tgp.errors import ConfigError
-from tgp.io import atomic_save_json
 from tgp.lit import SelfDistilledPruningModule
 from tgp.methods.registry import MethodOutputs, MethodSpec, register
 from tgp.pruning.callbacks import BestAtFinalSparsity, GradualMagnitudePruning
-from tgp.pruning.mask import MASK_FILE, SPARSITY_REPORT_FILE, prunable_parameters, save_mask, sparsity_report
+from tgp.pruning.mask import prunable_parameters, sparsity_report, write_mask
 from tgp.pruning.nested import mask_counts
 from tgp.stages import StageKind
 
@@ -117,10 +116,8 @@ def run_sdp(job) -> MethodOutputs:
         total, kept = mask_counts(mask)
         if total - kept != round(target * total):  # a broken invariant, not a user error
             raise RuntimeError(f"SDP ended at {total - kept}/{total} pruned weights, not round({target}·{total})")
-        save_mask(mask, folder / MASK_FILE)
-        report = sparsity_report(mask, module.net, target=target)
-        report.update(score="magnitude", schedule="cubic", prune_epochs=ramp, history=pruning.history)
-        atomic_save_json(report, folder / SPARSITY_REPORT_FILE)
+        report = write_mask(mask, folder, sparsity_report(mask, module.net, target=target) | {
+            "score": "magnitude", "schedule": "cubic", "prune_epochs": ramp, "history": pruning.history})
         return {**result, "prune_epochs": ramp, "sparsity": report["prunable"]["sparsity"]}
 
     job.run(SDP_RETRAIN, retrain, parent=dense)

@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from tgp.io import atomic_save_json, atomic_torch_save
+from tgp.io import atomic_torch_save
 from tgp.pruning.mask import (
-    MASK_FILE, SPARSITY_REPORT_FILE, Mask, classifier_name, prunable_parameters, save_mask, sparsity_report,
+    Mask, classifier_name, prunable_parameters, sparsity_report, write_mask,
     warn_layer_collapse,
 )
 from tgp.pruning.nested import magnitude_mask, mask_counts
@@ -138,8 +138,7 @@ class OneShotPruning(L.Callback):
             warn_layer_collapse(report, "one-shot pruning" + (f" ({self.out_dir})" if self.out_dir else ""))
         self.mask, self.report = mask, report
         if self.out_dir is not None and trainer.is_global_zero:
-            save_mask(mask, Path(self.out_dir) / MASK_FILE)
-            atomic_save_json(report, Path(self.out_dir) / SPARSITY_REPORT_FILE)
+            write_mask(mask, Path(self.out_dir), report)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.state.fn == "validate":

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from tgp.errors import CheckpointMismatchError, ConfigError
-from tgp.io import atomic_torch_save
+from tgp.io import atomic_save_json, atomic_torch_save
 
 Mask = dict[str, Tensor]
 
@@ -191,6 +191,16 @@ def warn_layer_collapse(report: dict, where: str = "pruning", *, one_shot: bool 
 
 def save_mask(mask: Mask, path: Path) -> None:
     atomic_torch_save({n: m.detach().to("cpu", torch.bool) for n, m in mask.items()}, path)
+
+
+def write_mask(mask: Mask, folder: Path, report: dict, name: str = "mask") -> dict:
+    """A stage's mask and its sparsity report side by side: ``<name>.pt`` and ``sparsity_report.json``
+    (``mask_a.pt`` → ``sparsity_report_a.json``), each written atomically. Returns ``report``."""
+    folder = Path(folder)
+    save_mask(mask, folder / f"{name}.pt")
+    suffix = "" if name == "mask" else "_" + name.removeprefix("mask_")
+    atomic_save_json(report, folder / f"sparsity_report{suffix}.json")
+    return report
 
 
 def load_mask(path: Path, model: nn.Module | None = None) -> Mask:
